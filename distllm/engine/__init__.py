@@ -1,1 +1,1 @@
-"""engine"""
+"""Orchestration: the stage engine and the offline `LLM` API."""

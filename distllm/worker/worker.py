@@ -1,0 +1,64 @@
+"""One worker per device: owns the model, its KV cache and the model runner. The engine drives it
+through `determine_num_blocks` -> `init_cache` -> `execute_model` (later as a Ray actor)."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from distllm import envs
+from distllm.config import EngineConfig
+from distllm.core.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from distllm.worker.cache_engine import CacheEngine, block_bytes
+from distllm.worker.model_runner import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+
+class Worker:
+    """Holds the model shard and KV cache of one device."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        from distllm.models.loader import init_dummy_weights, load_weights
+        from distllm.models.registry import build_model, resolve_dtype
+
+        if envs.num_threads() > 0:
+            torch.set_num_threads(envs.num_threads())
+        self.config = config
+        self.device = torch.device(config.device)
+        self.dtype = resolve_dtype(config.model.dtype)
+        model_config = config.model
+        self.model = build_model(model_config.hf_config, dtype=self.dtype, device=self.device)
+        if model_config.load_format == "dummy":
+            init_dummy_weights(self.model, model_config.seed)
+        else:
+            load_weights(self.model, model_config.model)
+        dims = model_config.dims
+        self.runner = ModelRunner(self.model, config.cache.block_size, dims.vocab_size,
+                                  self.device, seed=model_config.seed)
+        self.cache_engine: CacheEngine | None = None
+
+    def determine_num_blocks(self) -> tuple[int, int]:
+        """(device blocks, CPU swap blocks) the cache config affords for this model."""
+        dims = self.config.model.dims
+        nbytes = block_bytes(dims.num_layers, dims.num_kv_heads, dims.head_dim,
+                             self.config.cache.block_size, self.dtype)
+        return (self.config.cache.num_device_blocks(nbytes),
+                self.config.cache.num_swap_blocks(nbytes))
+
+    def init_cache(self, num_blocks: int, num_swap_blocks: int) -> None:
+        dims = self.config.model.dims
+        self.cache_engine = CacheEngine(
+            dims.num_layers, dims.num_kv_heads, dims.head_dim, self.config.cache.block_size,
+            num_blocks, num_swap_blocks, self.dtype, self.device)
+        logger.info("KV cache: %d blocks of %d tokens (+%d swap blocks)", num_blocks,
+                    self.config.cache.block_size, num_swap_blocks)
+
+    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
+        """Move blocks as ordered (swap out, swap in, copy), then run the batch."""
+        cache = self.cache_engine
+        assert cache is not None, "call init_cache first"
+        cache.swap_out(scheduler_output.blocks_to_swap_out)
+        cache.swap_in(scheduler_output.blocks_to_swap_in)
+        cache.copy(scheduler_output.blocks_to_copy)
+        return self.runner.execute_model(scheduler_output, cache.device_caches)
