@@ -1,0 +1,216 @@
+"""A simulated deployment: M prefill x N decode instances (or colocated ones) on nodes, with
+least-loaded routing and KV transfer over links with contention. `simulate()` runs a workload.
+
+Links: same GPU (HBM copy), NVLink inside a node (per instance pair), network across nodes (per
+node pair). A link sends one transfer at a time, FIFO (store-and-forward): a migration waits for
+the ones ahead of it, which is how contention shows up. Bandwidth scales with the number of GPU
+pairs moving their shards in parallel, min(src GPUs, dst GPUs).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from distllm.request import LifecycleEvent
+from simdist.colocated import ColocatedInstance
+from simdist.core import EventKind, Simulator
+from simdist.instances import DecodeInstance, PrefillInstance
+from simdist.profile import LatencyProfile
+from simdist.results import SimResult
+from simdist.sim_request import SimRequest
+from simdist.workload import Workload
+
+ROLES = ("prefill", "decode", "colocated")
+_DE = LifecycleEvent.DECODE_END
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """One instance: role, parallelism, node, and optionally its GPU ids inside the node
+    (default: packed after the previous instances on the node)."""
+
+    role: str
+    tp: int = 1
+    pp: int = 1
+    node: int = 0
+    gpus: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"instance role must be one of {ROLES}, got {self.role!r}")
+        if self.tp < 1 or self.pp < 1 or self.node < 0:
+            raise ValueError("instance tp and pp must be >= 1 and node >= 0")
+        if self.gpus is not None and len(self.gpus) != self.tp * self.pp:
+            raise ValueError(f"instance gpus must list tp*pp = {self.tp * self.pp} ids")
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """Scheduling knobs shared by every instance of a run."""
+
+    max_prefill_tokens: int = 4096  # prefill batch token budget
+    max_batch_size: int = 256  # running requests per decode / colocated instance
+    chunk_tokens: int | None = None  # colocated: chunked-prefill token budget per iteration
+    kv_capacity_scale: float = 1.0  # shrink KV capacity (tests of preemption/back-pressure)
+
+    def __post_init__(self) -> None:
+        if self.max_prefill_tokens < 1 or self.max_batch_size < 1:
+            raise ValueError("max_prefill_tokens and max_batch_size must be >= 1")
+        if self.chunk_tokens is not None and self.chunk_tokens < 1:
+            raise ValueError("chunk_tokens must be >= 1")
+        if not 0 < self.kv_capacity_scale <= 1:
+            raise ValueError("kv_capacity_scale must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    model: str
+    instances: tuple[InstanceSpec, ...]
+    sched: SchedulerSpec = field(default_factory=SchedulerSpec)
+
+    def __post_init__(self) -> None:
+        roles = {i.role for i in self.instances}
+        if not roles or ("colocated" in roles and len(roles) > 1):
+            raise ValueError("cluster: colocated instances cannot mix with prefill/decode ones")
+
+    @property
+    def num_gpus(self) -> int:
+        return sum(i.tp * i.pp for i in self.instances)
+
+
+class Link:
+    __slots__ = ("free_at", "sec_per_byte")
+
+    def __init__(self, gb_s: float) -> None:
+        self.free_at = 0.0
+        self.sec_per_byte = 1.0 / (gb_s * 1e9)
+
+    def send(self, now: float, nbytes: int) -> float:
+        start = now if now > self.free_at else self.free_at
+        self.free_at = end = start + nbytes * self.sec_per_byte
+        return end
+
+
+class Cluster:
+    """Builds the instances of a ClusterSpec and routes requests between them."""
+
+    def __init__(self, spec: ClusterSpec, profile: LatencyProfile, sim: Simulator) -> None:
+        self.spec, self.profile, self.sim = spec, profile, sim
+        self.prefills: list[PrefillInstance] = []
+        self.decodes: list[DecodeInstance] = []
+        self.colocated: list[ColocatedInstance] = []
+        self.links: dict[tuple, Link] = {}  # (kind, src, dst) -> link
+        self.kv_bytes = profile.kv_bytes_per_token(spec.model)
+        self.num_finished = 0
+        used: dict[int, int] = {}  # node -> GPUs handed out
+        for i, ispec in enumerate(spec.instances):
+            gpus = ispec.gpus
+            if gpus is None:
+                start = used.get(ispec.node, 0)
+                gpus = tuple(range(start, start + ispec.tp * ispec.pp))
+            used[ispec.node] = max(used.get(ispec.node, 0), max(gpus) + 1)
+            self._build(i, ispec, gpus)
+        self.entry = self.prefills or self.colocated or self.decodes
+        self.decode_only = not self.prefills and not self.colocated
+
+    def _build(self, i: int, s: InstanceSpec, gpus: tuple[int, ...]) -> None:
+        cost = self.profile.stage_cost(self.spec.model, s.tp, s.pp)
+        sched = self.spec.sched
+        cap = int(self.profile.kv_capacity(self.spec.model, s.tp, s.pp) * sched.kv_capacity_scale)
+        name = f"{s.role}{i}:tp{s.tp}pp{s.pp}@n{s.node}"
+        if s.role == "prefill":
+            inst = PrefillInstance(name, len(self.prefills), self.sim, cost, cap,
+                                   sched.max_prefill_tokens, self, s.node, gpus)
+            self.prefills.append(inst)
+        elif s.role == "decode":
+            inst = DecodeInstance(name, len(self.decodes), self.sim, cost, cap,
+                                  sched.max_batch_size, self, s.node, gpus)
+            self.decodes.append(inst)
+        else:
+            inst = ColocatedInstance(name, len(self.colocated), self.sim, cost, cap,
+                                     sched.max_prefill_tokens, sched.max_batch_size,
+                                     sched.chunk_tokens, self, s.node, gpus)
+            self.colocated.append(inst)
+
+    # -- routing ---------------------------------------------------------------------------
+    def on_arrival(self, r: SimRequest) -> None:
+        entry = self.entry
+        if len(entry) == 1:
+            inst = entry[0]
+        elif self.prefills:
+            inst = min(entry, key=_queued)  # ties: lowest index (min is stable)
+        else:
+            inst = min(entry, key=_load)
+        if self.decode_only:
+            r.first_token = self.sim.now  # prefilled elsewhere at arrival
+        inst.enqueue(r)
+
+    def on_prefilled(self, r: SimRequest, src: PrefillInstance) -> None:
+        if r.remaining == 0 or not self.decodes:
+            src.release(r)
+            r.last_token = r.first_token
+            self.finish(r)
+            return
+        r.prefill_inst = src
+        decodes = self.decodes
+        dst = decodes[0] if len(decodes) == 1 else min(decodes, key=_load)
+        dst.enqueue(r)
+
+    def transfer(self, src: PrefillInstance, dst: DecodeInstance, r: SimRequest) -> float:
+        """Start r's KV migration now; returns its end time."""
+        key = (src.index, dst.index)
+        link = self.links.get(key)
+        if link is None:
+            link = self.links[key] = self._make_link(src, dst)
+        return link.send(self.sim.now, self.kv_bytes * r.ctx)
+
+    def _make_link(self, src: PrefillInstance, dst: DecodeInstance) -> Link:
+        pairs = min(len(src.gpus), len(dst.gpus))
+        if src.node != dst.node:
+            # NOTE: every instance pair across the same two nodes shares one network link.
+            shared = self.links.get(("net", src.node, dst.node))
+            if shared is None:
+                bw = self.profile.bandwidth_gb_s("network") * pairs
+                shared = self.links[("net", src.node, dst.node)] = Link(bw)
+            return shared
+        if set(src.gpus) & set(dst.gpus):
+            hbm = 2000.0  # same GPU: a device-local copy, GB/s
+            return Link(hbm * pairs)
+        return Link(self.profile.bandwidth_gb_s("nvlink") * pairs)
+
+    def finish(self, r: SimRequest) -> None:
+        r.log.append((_DE, self.sim.now))
+        self.num_finished += 1
+
+    def fail(self, r: SimRequest, why: str) -> None:
+        r.error = why
+        self.num_finished += 1
+
+
+def _queued(inst: PrefillInstance) -> int:
+    return inst.queued_tokens
+
+
+def _load(inst: DecodeInstance | ColocatedInstance) -> int:
+    return inst.load
+
+
+def simulate(spec: ClusterSpec, profile: LatencyProfile, workload: Workload,
+             rate: float | None, trace: list | None = None) -> SimResult:
+    """Run `workload` at `rate` req/s (None for trace replay) through the cluster."""
+    sim = Simulator(trace)
+    cluster = Cluster(spec, profile, sim)
+    arrivals = workload.arrivals(rate)
+    reqs = [SimRequest(i, t, p, o) for i, (t, p, o) in
+            enumerate(zip(arrivals, workload.prompt_lens, workload.output_lens))]
+    it = iter(reqs)
+
+    def arrive(r: SimRequest) -> None:
+        nxt = next(it, None)
+        if nxt is not None:
+            sim.schedule(nxt.arrival, EventKind.ARRIVAL, arrive, nxt)
+        cluster.on_arrival(r)
+
+    first = next(it)
+    sim.schedule(first.arrival, EventKind.ARRIVAL, arrive, first)
+    end = sim.run()
+    return SimResult(reqs, end, sim.num_events, spec.num_gpus)

@@ -1,0 +1,162 @@
+"""Colocated instance (the baseline): one instance runs both phases.
+
+Without chunking it is vLLM-style prefill-priority: whenever requests wait and their KV fits, the
+next iteration is a prefill batch and decoding stalls. With `chunk_tokens` it is chunked prefill
+(Sarathi / vLLM v1): every iteration carries all decoding requests plus prefill chunks that fill
+the remaining token budget, so decoding never stalls but shares the iteration.
+
+    waiting --admit (KV for the whole prompt)--> prefilling --last chunk--> running --> finished
+                                         ^---------- preempted (LIFO, recompute) ---------'
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from distllm.request import LifecycleEvent
+from simdist.batch import DecodeBatch
+from simdist.core import EventKind, Simulator
+from simdist.profile import StageCost
+from simdist.sim_request import SimRequest
+
+if TYPE_CHECKING:
+    from simdist.cluster import Cluster
+
+_PB, _PE, _DB = LifecycleEvent.PREFILL_BEGIN, LifecycleEvent.PREFILL_END, LifecycleEvent.DECODE_BEGIN
+_STEP_END = EventKind.STEP_END
+
+
+class ColocatedInstance:
+    __slots__ = ("name", "index", "sim", "cost", "capacity", "max_tokens", "max_batch",
+                 "chunk_tokens", "cluster", "batch", "waiting", "queued_tokens", "prefilling",
+                 "reserved", "busy", "node", "gpus")
+
+    def __init__(self, name: str, index: int, sim: Simulator, cost: StageCost, capacity: int,
+                 max_tokens: int, max_batch: int, chunk_tokens: int | None, cluster: Cluster,
+                 node: int, gpus: tuple[int, ...]) -> None:
+        self.name, self.index, self.sim, self.cost = name, index, sim, cost
+        self.capacity, self.max_tokens, self.max_batch = capacity, max_tokens, max_batch
+        self.chunk_tokens, self.cluster, self.node, self.gpus = chunk_tokens, cluster, node, gpus
+        self.batch = DecodeBatch()
+        self.waiting: deque[SimRequest] = deque()  # not admitted (new or preempted)
+        self.queued_tokens = 0
+        self.prefilling: list[SimRequest] = []  # admitted, prefill chunks outstanding
+        self.reserved = 0  # KV tokens reserved for prefilling requests
+        self.busy = False
+
+    @property
+    def load(self) -> int:
+        return self.queued_tokens + self.reserved + self.batch.sum_ctx
+
+    def enqueue(self, r: SimRequest) -> None:
+        if r.prompt_len + r.remaining > self.capacity:
+            self.cluster.fail(r, "request exceeds the instance's KV capacity")
+            return
+        self.waiting.append(r)
+        self.queued_tokens += r.prompt_len
+        if not self.busy:
+            self._start()
+
+    def _can_admit(self, n: int) -> bool:
+        b = self.batch
+        return (b.size + len(self.prefilling) < self.max_batch
+                and b.sum_ctx + b.size + self.reserved + n + 1 <= self.capacity)
+
+    def _admit(self, r: SimRequest, now: float) -> None:
+        self.waiting.popleft()
+        self.queued_tokens -= r.prompt_len
+        self.reserved += r.ctx
+        self.prefilling.append(r)
+        r.log.append((_PB, now))
+
+    def _preempt_overflow(self) -> None:
+        b = self.batch
+        while b.size and b.sum_ctx + b.size + self.reserved > self.capacity:
+            r = b.evict_last()
+            r.pending_prefill = r.ctx  # recompute prompt + generated tokens
+            self.waiting.appendleft(r)
+            self.queued_tokens += r.prompt_len
+
+    def _start(self) -> None:
+        self._preempt_overflow()
+        if self.chunk_tokens is None:
+            self._start_prefill_priority()
+        else:
+            self._start_chunked()
+
+    def _start_prefill_priority(self) -> None:
+        now, waiting, tokens, sq = self.sim.now, self.waiting, 0, 0
+        while waiting:
+            n = waiting[0].pending_prefill
+            if (self.prefilling and tokens + n > self.max_tokens) or not self._can_admit(n):
+                break
+            self._admit(waiting[0], now)
+            tokens += n
+            sq += n * n
+        if self.prefilling:
+            chunks = [(r, r.pending_prefill) for r in self.prefilling]
+            dt = self.cost.prefill_stage(tokens, sq) * self.cost.pp
+            self._launch(now + dt, chunks, False)
+        elif self.batch.size:
+            self._launch(now + self.cost.decode(self.batch.size, self.batch.sum_ctx), [], True)
+        else:
+            self.busy = False
+
+    def _start_chunked(self) -> None:
+        now, b = self.sim.now, self.batch
+        budget = self.chunk_tokens - b.size
+        chunks, tokens, sq = [], 0, 0
+        for r in self.prefilling:
+            if budget <= 0:
+                break
+            n = min(r.pending_prefill, budget)
+            chunks.append((r, n))
+            prior = r.ctx - r.pending_prefill
+            tokens, sq, budget = tokens + n, sq + n * (n + 2 * prior), budget - n
+        while budget > 0 and self.waiting and self._can_admit(self.waiting[0].pending_prefill):
+            r = self.waiting[0]
+            self._admit(r, now)
+            n = min(r.pending_prefill, budget)
+            prior = r.ctx - r.pending_prefill
+            chunks.append((r, n))
+            tokens, sq, budget = tokens + n, sq + n * (n + 2 * prior), budget - n
+        if b.size:
+            dt = self.cost.decode(b.size, b.sum_ctx) + self.cost.prefill_extra(tokens, sq)
+        elif chunks:
+            dt = self.cost.prefill_stage(tokens, sq) * self.cost.pp
+        else:
+            self.busy = False
+            return
+        self._launch(now + dt, chunks, b.size > 0)
+
+    def _launch(self, end: float, chunks: list, decodes: bool) -> None:
+        self.busy = True
+        self.sim.schedule(end, _STEP_END, self._on_iteration_end, (chunks, decodes))
+
+    def _on_iteration_end(self, arg: tuple) -> None:
+        chunks, decodes = arg
+        now, b, cluster = self.sim.now, self.batch, self.cluster
+        if decodes:
+            done = b.advance(now)
+            if done:
+                for r in done:
+                    cluster.finish(r)
+        for r, n in chunks:
+            r.pending_prefill -= n
+        if chunks:
+            self.prefilling = [r for r in self.prefilling if r.pending_prefill]
+        for r, _ in chunks:
+            if r.pending_prefill:
+                continue
+            self.reserved -= r.ctx
+            r.log.append((_PE, now))
+            if r.first_token < 0:
+                r.first_token = now
+            if r.remaining == 0:
+                r.last_token = now
+                cluster.finish(r)
+                continue
+            r.log.append((_DB, now))
+            b.join(r)
+        self.busy = False
+        self._start()

@@ -1,0 +1,174 @@
+"""Latency profile: the simulator's cost model (DESIGN.md section 4), JSON I/O, and the importer
+for DistServe's published A100 files.
+
+    prefill_ms = a + b*sum(l) + c*sum(l^2)        per model, per TP
+    decode_ms  = a + b*sum(ctx) + c*batch         small / large batch regimes
+plus a per-iteration overhead (iteration_ms + per_token_ms * tokens), PP dividing the time, KV
+bytes per token, KV capacity in tokens per (tp, pp), and interconnect bandwidths.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from simdist.hardware import HARDWARE, MODELS, resolve_model_name
+
+FORMAT = "distllm-profile-v1"
+PROFILE_DIR = Path(__file__).parent / "profiles"
+# Shipped profiles by short name (files under simdist/profiles/).
+SHIPPED = {"distserve-a100": "a100-80g.distserve.json", "vllm-a100": "a100-80g.vllm.json"}
+
+
+class StageCost:
+    """Iteration times (seconds) of one instance configuration (model, tp, pp). Hot path."""
+
+    __slots__ = ("pa", "pb", "pc", "sa", "sb", "sc", "la", "lb", "lc", "threshold", "pp",
+                 "it_s", "tok_s", "stage_s")
+
+    def __init__(self, coeffs: dict, pp: int, overhead: dict) -> None:
+        ms = 1e-3
+        self.pa, self.pb, self.pc = (x * ms for x in coeffs["prefill"])
+        self.sa, self.sb, self.sc = (x * ms for x in coeffs["decode_small"])
+        self.la, self.lb, self.lc = (x * ms for x in coeffs["decode_large"])
+        self.threshold = int(coeffs.get("decode_threshold", 95))
+        self.pp = pp
+        self.it_s = overhead.get("iteration_ms", 0.0) * ms
+        self.tok_s = overhead.get("per_token_ms", 0.0) * ms
+        self.stage_s = overhead.get("prefill_stage_ms", 0.0) * ms
+
+    def prefill_stage(self, sum_l: int, sum_l2: int) -> float:
+        """Time one pipeline stage is busy with a prefill batch (latency = pp * this)."""
+        t = self.pa + self.pb * sum_l + self.pc * sum_l2 + self.it_s + self.tok_s * sum_l
+        return t / self.pp + self.stage_s
+
+    def decode(self, batch: int, sum_ctx: int) -> float:
+        """One decode iteration over `batch` requests holding `sum_ctx` KV tokens. With PP the
+        batch is split in pp micro-batches that keep every stage busy: a + (b*S + c*B) / pp."""
+        if batch < self.threshold:
+            a, b, c = self.sa, self.sb, self.sc
+        else:
+            a, b, c = self.la, self.lb, self.lc
+        return a + self.it_s + (b * sum_ctx + c * batch + self.tok_s * sum_ctx) / self.pp
+
+    def prefill_extra(self, sum_l: int, sum_l2: int) -> float:
+        """Marginal time of prefill tokens added to a decode iteration (chunked prefill,
+        recompute after preemption): the prefill cost without its fixed term."""
+        return (self.pb * sum_l + self.pc * sum_l2 + self.tok_s * sum_l) / self.pp
+
+
+@dataclass
+class LatencyProfile:
+    """Cost model of one hardware + engine. `models[name]` = {"kv_bytes_per_token": int,
+    "tp": {"<tp>": {prefill, decode_small, decode_large, decode_threshold}},
+    "kv_capacity_tokens": {"<tp>x<pp>": int}}."""
+
+    hardware: str
+    models: dict[str, dict]
+    engine: str = "distllm"
+    overhead: dict[str, float] = field(default_factory=dict)  # iteration_ms, per_token_ms, ...
+    interconnect: dict[str, float] = field(default_factory=dict)  # nvlink_gb_s, network_gb_s
+    source: str = ""
+
+    def model(self, name: str) -> dict:
+        full = resolve_model_name(name)
+        if full not in self.models:
+            raise KeyError(f"profile {self.source or self.hardware!r} has no model {name!r}; "
+                           f"it has {sorted(self.models)}")
+        return self.models[full]
+
+    def has(self, name: str, tp: int) -> bool:
+        full = resolve_model_name(name)
+        return full in self.models and str(tp) in self.models[full]["tp"]
+
+    def tps(self, name: str) -> list[int]:
+        return sorted(int(t) for t in self.model(name)["tp"])
+
+    def stage_cost(self, name: str, tp: int, pp: int = 1) -> StageCost:
+        entry = self.model(name)["tp"].get(str(tp))
+        if entry is None:
+            raise KeyError(f"profile has no TP={tp} figures for {name}; it has {self.tps(name)}")
+        return StageCost(entry, pp, self.overhead)
+
+    def kv_bytes_per_token(self, name: str) -> int:
+        return int(self.model(name)["kv_bytes_per_token"])
+
+    def kv_capacity(self, name: str, tp: int, pp: int = 1) -> int:
+        """KV-cache capacity in tokens of one (tp, pp) instance: the table when present, else
+        estimated from GPU memory minus weights (90 % usable)."""
+        table = self.model(name).get("kv_capacity_tokens", {})
+        if f"{tp}x{pp}" in table:
+            return int(table[f"{tp}x{pp}"])
+        full = resolve_model_name(name)
+        if full not in MODELS or self.hardware not in HARDWARE:
+            raise KeyError(f"no KV capacity for {name} tp={tp} pp={pp} and no specs to estimate")
+        spec, hw = MODELS[full], HARDWARE[self.hardware]
+        free = hw.memory_gb * 1e9 * tp * pp * 0.9 - spec.weight_bytes
+        return max(0, int(free // spec.kv_bytes_per_token))
+
+    def bandwidth_gb_s(self, kind: str) -> float:
+        """`nvlink` or `network` bandwidth per GPU (GB/s), from the profile or the hardware."""
+        key = f"{kind}_gb_s"
+        if key in self.interconnect:
+            return float(self.interconnect[key])
+        hw = HARDWARE.get(self.hardware)
+        if hw is None:
+            raise KeyError(f"profile has no {key} and hardware {self.hardware!r} is unknown")
+        return float(getattr(hw, key))
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "hardware": self.hardware, "engine": self.engine,
+                "source": self.source, "overhead": self.overhead,
+                "interconnect": self.interconnect, "models": self.models}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "") -> LatencyProfile:
+        if d.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} profile (format={d.get('format')!r}); DistServe "
+                             "files are read with import_distserve()")
+        return cls(d["hardware"], d["models"], d.get("engine", "distllm"),
+                   d.get("overhead", {}), d.get("interconnect", {}), d.get("source") or source)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+
+# DistServe's simulator overheads (see ../shared/reference/README.md).
+DISTSERVE_OVERHEAD = {"iteration_ms": 2.0, "per_token_ms": 1e-4, "prefill_stage_ms": 1.0}
+
+
+def import_distserve(profile_path: str | Path, max_tokens_csv: str | Path | None = None,
+                     hardware: str = "a100-80g", engine: str = "distserve") -> LatencyProfile:
+    """Convert DistServe's `profiler-*.json` (+ optional `max_num_tokens.csv`) to a profile."""
+    raw = json.loads(Path(profile_path).read_text())
+    caps: dict[str, dict[str, int]] = {}
+    if max_tokens_csv is not None:
+        with open(max_tokens_csv, newline="") as f:
+            for row in csv.DictReader(f):
+                key = f"{int(row['tp'])}x{int(row['pp'])}"
+                caps.setdefault(row["model"], {})[key] = int(row["max_num_tokens"])
+    models = {}
+    for name, per_tp in raw.items():
+        tps = {tp: {"prefill": list(c["prefill"]), "decode_small": list(c["decoding_smallbs"]),
+                    "decode_large": list(c["decoding_largebs"]),
+                    "decode_threshold": int(c.get("decoding_large_small_bs_threshold", 95))}
+               for tp, c in per_tp.items()}
+        kvb = MODELS[name].kv_bytes_per_token if name in MODELS else 0
+        models[name] = {"kv_bytes_per_token": kvb, "tp": tps,
+                        "kv_capacity_tokens": caps.get(name, {})}
+    src = f"imported from DistServe {Path(profile_path).name}"
+    return LatencyProfile(hardware, models, engine, dict(DISTSERVE_OVERHEAD), {}, src)
+
+
+def load_profile(spec: str | Path) -> LatencyProfile:
+    """A shipped profile by short name (`distserve-a100`, `vllm-a100`) or a JSON path; DistServe
+    `profiler-*.json` files are imported on the fly."""
+    path = PROFILE_DIR / SHIPPED[str(spec)] if str(spec) in SHIPPED else Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"profile not found: {spec} (shipped: {sorted(SHIPPED)})")
+    data = json.loads(path.read_text())
+    if data.get("format") == FORMAT:
+        return LatencyProfile.from_dict(data, source=str(spec))
+    csv_path = path.parent / "max_num_tokens.csv"
+    return import_distserve(path, csv_path if csv_path.is_file() else None)
