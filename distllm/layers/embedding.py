@@ -71,3 +71,19 @@ class ParallelLMHead(VocabParallelEmbedding):
         if self.parallel.tp_size > 1:
             logits = tp_all_gather(logits, dim=-1)
         return logits[:, : self.num_embeddings].float()
+
+
+class PositionEmbedding(nn.Module):
+    """Learned absolute positions, replicated on every rank; row = position + offset
+    (OPT reserves the first 2 rows)."""
+
+    def __init__(self, num_positions: int, embedding_dim: int, *, dtype: torch.dtype,
+                 device: torch.device | str, offset: int = 0) -> None:
+        super().__init__()
+        self.offset = offset
+        self.weight = nn.Parameter(
+            torch.empty(num_positions + offset, embedding_dim, dtype=dtype, device=device),
+            requires_grad=False)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:  # [n] -> [n, dim]
+        return F.embedding(positions + self.offset, self.weight)

@@ -2,10 +2,27 @@
 mapping, block tables) in mixed prefill/decode batches, like a minimal model runner."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
 from distllm.layers.context import AttentionMetadata, forward_batch
 from distllm.models.dims import model_dims
+from distllm.models.loader import load_weights
+from distllm.models.registry import build_model
+
+# case name -> (preset, config overrides)
+CASES: dict[str, tuple[str, dict]] = {
+    "llama": ("llama", {}),
+    "llama-tied-bias-linear-rope": ("llama", {"tie_word_embeddings": True, "attention_bias": True,
+                                             "rope_scaling": {"rope_type": "linear",
+                                                              "factor": 2.0}}),
+    "llama3": ("llama3", {}),
+    "opt": ("opt", {}),
+    "opt-350m": ("opt-350m", {}),
+    "gpt2": ("gpt2", {}),
+}
 
 
 class PagedRunner:
@@ -75,3 +92,20 @@ class PagedRunner:
             meta.decode_context_lens = torch.tensor([self.num_cached[s] + 1 for s in seqs],
                                                     dtype=torch.int32)
         return meta
+
+
+def load_pair(path: Path) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
+    """(distllm model, transformers model, hf config dict), both fp32."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = json.loads((path / "config.json").read_text())
+    model = build_model(cfg, dtype=torch.float32, device="cpu")
+    load_weights(model, path)
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                              attn_implementation="eager").eval()
+    return model, hf, cfg
+
+
+@torch.no_grad()
+def hf_logits(hf: torch.nn.Module, ids: list[int]) -> torch.Tensor:  # [len(ids), vocab]
+    return hf(torch.tensor([ids])).logits[0].float()
