@@ -1,0 +1,122 @@
+"""One benchmark round: send requests on an arrival schedule through a backend, concurrently, and
+collect what the client saw.
+
+Dispatch: a single loop sleeps until each scheduled time (asyncio sleep to `spin_s` before it, then
+yields to the event loop until the time is reached, which keeps lateness well under a millisecond
+on an idle core) and starts one task per request. `dispatch_times` is when that task started
+running; `start_time` of a record is when its HTTP request was sent, after any wait for a
+`max_concurrency` slot. All times are seconds from the round's start (t0, perf_counter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+import numpy as np
+from tqdm import tqdm
+
+from dataset.common import DatasetRequest
+from distllm.metrics import RequestRecord
+from evaluation.backends import Backend, BackendRequest, BackendResult
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    max_concurrency: int | None = None  # None = unbounded
+    ignore_eos: bool = True
+    spin_s: float = 0.002  # busy-yield window before each scheduled send
+    request_timeout_s: float = 600.0  # max silence on one stream
+    show_progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+        if self.spin_s < 0 or self.request_timeout_s <= 0:
+            raise ValueError("spin_s must be >= 0 and request_timeout_s > 0")
+
+
+@dataclass
+class RoundResult:
+    records: list[RequestRecord]
+    results: list[BackendResult]  # raw backend answers (lifecycle events, reported lengths)
+    scheduled: list[float]  # planned send time per request
+    dispatch_times: list[float]  # when each request's task started
+    duration_s: float  # t0 -> last request finished
+    start_unix: float  # wall-clock time of t0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def lateness_s(self) -> list[float]:
+        return [d - s for d, s in zip(self.dispatch_times, self.scheduled, strict=True)]
+
+
+async def sleep_until(target: float, spin_s: float) -> None:
+    """Sleep until perf_counter() >= target: a timer sleep, then yields for the last spin_s."""
+    delay = target - time.perf_counter()
+    if delay > spin_s:
+        await asyncio.sleep(delay - spin_s)
+    while time.perf_counter() < target:
+        await asyncio.sleep(0)
+
+
+def _to_record(req: DatasetRequest, sent: float, res: BackendResult, t0: float) -> RequestRecord:
+    return RequestRecord(
+        prompt_len=req.prompt_len,
+        output_len=req.output_len,
+        start_time=sent - t0,
+        end_time=res.end_time - t0,
+        token_timestamps=[t - t0 for t in res.token_timestamps],
+        error=res.error,
+    )
+
+
+async def run_round(
+    backend: Backend,
+    reqs: Sequence[DatasetRequest],
+    schedule: Sequence[float],
+    cfg: RunnerConfig,
+    desc: str = "",
+) -> RoundResult:
+    """Send reqs[i] at t0 + schedule[i]; wait for every answer. Failures become error records."""
+    n = len(reqs)
+    if len(schedule) != n:
+        raise ValueError(f"{n} requests but {len(schedule)} scheduled times")
+    sched = [float(x) for x in np.asarray(schedule, dtype=float)]
+    records: list[RequestRecord | None] = [None] * n
+    results: list[BackendResult | None] = [None] * n
+    dispatch = [0.0] * n
+    sem = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=cfg.request_timeout_s)
+    connector = aiohttp.TCPConnector(limit=cfg.max_concurrency or 0)
+    bar = tqdm(total=n, desc=desc or None, disable=not cfg.show_progress, leave=False)
+
+    async def one(i: int, session: aiohttp.ClientSession) -> None:
+        dispatch[i] = time.perf_counter() - t0
+        breq = BackendRequest(
+            reqs[i].prompt, reqs[i].prompt_len, reqs[i].output_len, ignore_eos=cfg.ignore_eos
+        )
+        if sem is not None:
+            await sem.acquire()
+        try:
+            sent = time.perf_counter()
+            res = await backend.generate(session, breq)
+        finally:
+            if sem is not None:
+                sem.release()
+        results[i], records[i] = res, _to_record(reqs[i], sent, res, t0)
+        bar.update(1)
+
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        start_unix, t0 = time.time(), time.perf_counter()
+        tasks = []
+        for i in range(n):
+            await sleep_until(t0 + sched[i], cfg.spin_s)
+            tasks.append(asyncio.create_task(one(i, session)))
+        await asyncio.gather(*tasks)
+        duration = time.perf_counter() - t0
+    bar.close()
+    return RoundResult(records, results, sched, dispatch, duration, start_unix)
