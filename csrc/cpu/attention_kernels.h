@@ -1,0 +1,66 @@
+// Torch-free interface of the CPU attention kernels (attention_isa.cpp is compiled once per ISA
+// level: base, avx2, avx512; cpu_attention.cpp picks one at runtime).
+//
+// KV cache layout: [num_blocks, num_kv_heads, block_size, head_dim], contiguous.
+// NOTE: attention_isa.cpp includes only this header and C headers, so that no inline function
+// compiled with AVX-512 can be shared (ODR/COMDAT) with the portable translation units.
+#pragma once
+
+#include <cstdint>
+
+namespace distllm {
+namespace cpu {
+
+enum class KVDtype : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+
+struct PagedKV {
+  const void* key_cache;    // [num_blocks, num_kv_heads, block_size, head_dim], KVDtype
+  const void* value_cache;  // same shape and dtype as key_cache
+  const int32_t* block_tables;  // [num_seqs, max_blocks_per_seq]
+  int64_t max_blocks_per_seq;
+  int64_t num_kv_heads;
+  int64_t block_size;
+  KVDtype dtype;
+};
+
+struct DecodeParams {
+  const float* query;  // [num_seqs, num_heads, head_dim], fp32 contiguous
+  float* out;          // [num_seqs, num_heads, head_dim], fp32 contiguous
+  PagedKV kv;
+  const int32_t* context_lens;  // [num_seqs]
+  int64_t num_seqs;
+  int64_t num_heads;
+  int64_t head_dim;
+  float scale;
+  int64_t num_splits;  // context partitions per (seq, kv head); >= 1
+};
+
+struct PrefillParams {
+  const float* query;  // [num_tokens, num_heads, head_dim], fp32 contiguous
+  const float* key;    // [num_tokens, num_kv_heads, head_dim], fp32 contiguous
+  const float* value;  // [num_tokens, num_kv_heads, head_dim], fp32 contiguous
+  float* out;          // [num_tokens, num_heads, head_dim], fp32 contiguous
+  PagedKV kv;          // cached prefix; key_cache == nullptr when there is none
+  const int32_t* cu_seqlens_q;       // [num_seqs + 1]
+  const int32_t* num_cached_tokens;  // [num_seqs] or nullptr
+  int64_t num_seqs;
+  int64_t num_heads;
+  int64_t head_dim;
+  float scale;
+  int64_t q_tile;  // query tokens per task
+};
+
+#define DISTLLM_DECLARE_ISA(isa)                   \
+  namespace isa {                                  \
+  void decode_attention(const DecodeParams& p);    \
+  void prefill_attention(const PrefillParams& p);  \
+  }
+
+DISTLLM_DECLARE_ISA(base)
+DISTLLM_DECLARE_ISA(avx2)
+DISTLLM_DECLARE_ISA(avx512)
+
+#undef DISTLLM_DECLARE_ISA
+
+}  // namespace cpu
+}  // namespace distllm

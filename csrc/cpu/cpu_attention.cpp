@@ -1,0 +1,202 @@
+// Torch-facing CPU attention ops: argument checks, fp32 staging of queries/new K/V, and runtime
+// choice of the ISA-specific kernels (attention_isa.cpp) by CPUID.
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+
+#include "cpu/attention_kernels.h"
+#include "ops.h"
+
+namespace {
+
+using distllm::cpu::DecodeParams;
+using distllm::cpu::KVDtype;
+using distllm::cpu::PagedKV;
+using distllm::cpu::PrefillParams;
+
+enum class Isa : int { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
+
+Isa detect_isa() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+    return Isa::kAvx512;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+  return Isa::kBase;
+}
+
+std::atomic<int>& active_isa() {
+  static std::atomic<int> isa{static_cast<int>(detect_isa())};
+  return isa;
+}
+
+Isa current_isa() { return static_cast<Isa>(active_isa().load()); }
+
+KVDtype kv_dtype(const torch::Tensor& cache) {
+  switch (cache.scalar_type()) {
+    case at::kFloat:
+      return KVDtype::kFloat32;
+    case at::kBFloat16:
+      return KVDtype::kBFloat16;
+    case at::kHalf:
+      return KVDtype::kFloat16;
+    default:
+      TORCH_CHECK(false, "KV cache dtype must be float32, bfloat16 or float16, got ",
+                  cache.scalar_type());
+  }
+}
+
+PagedKV make_paged_kv(const torch::Tensor& key_cache, const torch::Tensor& value_cache,
+                      const torch::Tensor& block_tables, int64_t head_dim) {
+  TORCH_CHECK(key_cache.dim() == 4 && key_cache.is_contiguous() && value_cache.is_contiguous(),
+              "caches must be contiguous [num_blocks, num_kv_heads, block_size, head_dim]");
+  TORCH_CHECK(key_cache.sizes() == value_cache.sizes(), "key/value cache shapes differ");
+  TORCH_CHECK(key_cache.scalar_type() == value_cache.scalar_type(), "key/value cache dtypes differ");
+  TORCH_CHECK(key_cache.size(3) == head_dim, "cache head_dim does not match the query");
+  TORCH_CHECK(block_tables.scalar_type() == at::kInt && block_tables.dim() == 2 &&
+                  block_tables.is_contiguous(),
+              "block_tables must be a contiguous int32 [num_seqs, max_blocks_per_seq] tensor");
+  PagedKV kv;
+  kv.key_cache = key_cache.data_ptr();
+  kv.value_cache = value_cache.data_ptr();
+  kv.block_tables = block_tables.data_ptr<int32_t>();
+  kv.max_blocks_per_seq = block_tables.size(1);
+  kv.num_kv_heads = key_cache.size(1);
+  kv.block_size = key_cache.size(2);
+  kv.dtype = kv_dtype(key_cache);
+  return kv;
+}
+
+torch::Tensor as_f32(const torch::Tensor& t) { return t.to(at::kFloat).contiguous(); }
+
+// Context partitions per (seq, kv head): split only when there are too few tasks for the threads.
+int64_t auto_num_splits(int64_t num_seq_heads, const torch::Tensor& context_lens) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  if (num_seq_heads == 0 || num_seq_heads >= 2 * threads) return 1;
+  const int64_t max_len = context_lens.max().item<int64_t>();
+  const int64_t by_tasks = (4 * threads + num_seq_heads - 1) / num_seq_heads;
+  const int64_t by_len = (max_len + 255) / 256;  // NOTE: >= 256 tokens per split
+  return std::max<int64_t>(1, std::min(by_tasks, by_len));
+}
+
+// Writes `out32` into `out` unless the kernel already wrote into `out` directly.
+void finish_out(torch::Tensor& out, const torch::Tensor& out32) {
+  if (!out32.is_same(out)) out.copy_(out32);
+}
+
+torch::Tensor staging_out(torch::Tensor& out) {
+  if (out.scalar_type() == at::kFloat && out.is_contiguous()) return out;
+  return torch::empty(out.sizes(), out.options().dtype(at::kFloat));
+}
+
+template <typename Params>
+void dispatch_isa(void (*base)(const Params&), void (*avx2)(const Params&),
+                  void (*avx512)(const Params&), const Params& p) {
+  switch (current_isa()) {
+    case Isa::kAvx512:
+      return avx512(p);
+    case Isa::kAvx2:
+      return avx2(p);
+    default:
+      return base(p);
+  }
+}
+
+}  // namespace
+
+void paged_decode_attention(torch::Tensor& out, const torch::Tensor& query,
+                            const torch::Tensor& key_cache, const torch::Tensor& value_cache,
+                            const torch::Tensor& block_tables, const torch::Tensor& context_lens,
+                            double scale, int64_t num_splits) {
+  TORCH_CHECK(query.dim() == 3 && out.sizes() == query.sizes(), "query/out: [seqs, heads, dim]");
+  TORCH_CHECK(context_lens.scalar_type() == at::kInt && context_lens.is_contiguous(),
+              "context_lens must be contiguous int32");
+  const int64_t num_heads = query.size(1), head_dim = query.size(2);
+  DecodeParams p;
+  p.kv = make_paged_kv(key_cache, value_cache, block_tables, head_dim);
+  TORCH_CHECK(num_heads % p.kv.num_kv_heads == 0, "num_heads must be a multiple of kv heads");
+  TORCH_CHECK(block_tables.size(0) >= query.size(0) && context_lens.size(0) >= query.size(0),
+              "block_tables/context_lens have fewer rows than query");
+  if (query.size(0) == 0) return;
+  torch::Tensor q32 = as_f32(query);
+  torch::Tensor out32 = staging_out(out);
+  p.query = q32.data_ptr<float>();
+  p.out = out32.data_ptr<float>();
+  p.context_lens = context_lens.data_ptr<int32_t>();
+  p.num_seqs = query.size(0);
+  p.num_heads = num_heads;
+  p.head_dim = head_dim;
+  p.scale = static_cast<float>(scale);
+  p.num_splits = num_splits > 0 ? num_splits
+                                : auto_num_splits(p.num_seqs * p.kv.num_kv_heads,
+                                                  context_lens.narrow(0, 0, p.num_seqs));
+  namespace c = distllm::cpu;
+  dispatch_isa(&c::base::decode_attention, &c::avx2::decode_attention,
+               &c::avx512::decode_attention, p);
+  finish_out(out, out32);
+}
+
+void prefill_attention(torch::Tensor& out, const torch::Tensor& query, const torch::Tensor& key,
+                       const torch::Tensor& value, const torch::Tensor& cu_seqlens_q, double scale,
+                       const std::optional<torch::Tensor>& key_cache,
+                       const std::optional<torch::Tensor>& value_cache,
+                       const std::optional<torch::Tensor>& block_tables,
+                       const std::optional<torch::Tensor>& num_cached_tokens, int64_t q_tile) {
+  TORCH_CHECK(query.dim() == 3 && key.dim() == 3 && out.sizes() == query.sizes(),
+              "query/out: [tokens, heads, dim], key/value: [tokens, kv_heads, dim]");
+  TORCH_CHECK(key.sizes() == value.sizes() && key.size(0) == query.size(0) &&
+                  key.size(2) == query.size(2),
+              "key/value shapes do not match the query");
+  TORCH_CHECK(cu_seqlens_q.scalar_type() == at::kInt && cu_seqlens_q.is_contiguous(),
+              "cu_seqlens_q must be contiguous int32");
+  const int64_t num_heads = query.size(1), num_kv_heads = key.size(1), head_dim = query.size(2);
+  TORCH_CHECK(num_heads % num_kv_heads == 0, "num_heads must be a multiple of kv heads");
+  PrefillParams p{};
+  p.kv.num_kv_heads = num_kv_heads;
+  p.num_cached_tokens = nullptr;
+  if (num_cached_tokens.has_value()) {
+    TORCH_CHECK(key_cache && value_cache && block_tables,
+                "num_cached_tokens needs key_cache, value_cache and block_tables");
+    TORCH_CHECK(num_cached_tokens->scalar_type() == at::kInt && num_cached_tokens->is_contiguous(),
+                "num_cached_tokens must be contiguous int32");
+    p.kv = make_paged_kv(*key_cache, *value_cache, *block_tables, head_dim);
+    TORCH_CHECK(p.kv.num_kv_heads == num_kv_heads, "cache kv heads do not match key");
+    p.num_cached_tokens = num_cached_tokens->data_ptr<int32_t>();
+  }
+  if (query.size(0) == 0) return;
+  torch::Tensor q32 = as_f32(query), k32 = as_f32(key), v32 = as_f32(value);
+  torch::Tensor out32 = staging_out(out);
+  p.query = q32.data_ptr<float>();
+  p.key = k32.data_ptr<float>();
+  p.value = v32.data_ptr<float>();
+  p.out = out32.data_ptr<float>();
+  p.cu_seqlens_q = cu_seqlens_q.data_ptr<int32_t>();
+  p.num_seqs = cu_seqlens_q.size(0) - 1;
+  p.num_heads = num_heads;
+  p.head_dim = head_dim;
+  p.scale = static_cast<float>(scale);
+  // NOTE: ~64 query rows (G heads x q_tile tokens) per task keep K/V tiles hot in L1.
+  p.q_tile = q_tile > 0 ? q_tile : std::max<int64_t>(1, 64 / (num_heads / num_kv_heads));
+  namespace c = distllm::cpu;
+  dispatch_isa(&c::base::prefill_attention, &c::avx2::prefill_attention,
+               &c::avx512::prefill_attention, p);
+  finish_out(out, out32);
+}
+
+std::string cpu_isa() {
+  static const char* names[] = {"base", "avx2", "avx512"};
+  return names[static_cast<int>(current_isa())];
+}
+
+void set_cpu_isa(const std::string& isa) {
+  const Isa best = detect_isa();
+  Isa want = best;
+  if (isa == "base") want = Isa::kBase;
+  else if (isa == "avx2") want = Isa::kAvx2;
+  else if (isa == "avx512") want = Isa::kAvx512;
+  else TORCH_CHECK(isa == "auto", "unknown ISA '", isa, "' (base, avx2, avx512, auto)");
+  TORCH_CHECK(static_cast<int>(want) <= static_cast<int>(best), "this CPU lacks ", isa);
+  active_isa().store(static_cast<int>(want));
+}

@@ -1,0 +1,39 @@
+// Declarations of the native ops registered in torch_bindings.cpp (CPU implementations in cpu/).
+// Semantics follow distllm/ops/reference.py; the KV cache layout is
+// [num_blocks, num_kv_heads, block_size, head_dim], contiguous.
+#pragma once
+
+#include <torch/all.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+// out: [num_seqs, num_heads, head_dim]; num_splits <= 0 picks the context split automatically.
+void paged_decode_attention(torch::Tensor& out, const torch::Tensor& query,
+                            const torch::Tensor& key_cache, const torch::Tensor& value_cache,
+                            const torch::Tensor& block_tables, const torch::Tensor& context_lens,
+                            double scale, int64_t num_splits);
+
+// out: [num_tokens, num_heads, head_dim]; q_tile <= 0 picks the query tile automatically.
+void prefill_attention(torch::Tensor& out, const torch::Tensor& query, const torch::Tensor& key,
+                       const torch::Tensor& value, const torch::Tensor& cu_seqlens_q, double scale,
+                       const std::optional<torch::Tensor>& key_cache,
+                       const std::optional<torch::Tensor>& value_cache,
+                       const std::optional<torch::Tensor>& block_tables,
+                       const std::optional<torch::Tensor>& num_cached_tokens, int64_t q_tile);
+
+void reshape_and_cache(const torch::Tensor& key, const torch::Tensor& value,
+                       torch::Tensor& key_cache, torch::Tensor& value_cache,
+                       const torch::Tensor& slot_mapping);
+
+void copy_blocks(const std::vector<torch::Tensor>& key_caches,
+                 const std::vector<torch::Tensor>& value_caches,
+                 const torch::Tensor& block_mapping);
+
+void swap_blocks(const torch::Tensor& src, torch::Tensor& dst, const torch::Tensor& block_mapping);
+
+// The ISA level the attention kernels run with: "base", "avx2" or "avx512".
+std::string cpu_isa();
+// Forces an ISA level (tests); raises if the CPU lacks it. "auto" restores detection.
+void set_cpu_isa(const std::string& isa);
