@@ -54,24 +54,19 @@ class Tokenizer:
         return value
 
     def _maybe_rebuild_post_processor(self, cfg: dict) -> None:
-        """Like transformers: explicit add_bos_token/add_eos_token (or no post-processor in
-        tokenizer.json) means the template is rebuilt from those flags."""
-        explicit = "add_bos_token" in cfg or "add_eos_token" in cfg
-        if not explicit and self.backend.post_processor is not None:
+        """Like transformers>=5: the tokenizer.json post-processor decides which special tokens
+        `encode` adds (tokenizer_config's add_bos_token/add_eos_token are ignored then); without
+        one, Llama tokenizers add BOS and others add nothing."""
+        if self.backend.post_processor is not None:
+            return
+        if "Llama" not in str(cfg.get("tokenizer_class", "")) or self.bos_token_id is None:
             return
         from tokenizers import processors
 
-        add_bos = bool(cfg.get("add_bos_token")) and self.bos_token is not None
-        add_eos = bool(cfg.get("add_eos_token")) and self.eos_token is not None
-        bos, eos = f"{self.bos_token}:0 ", f" {self.eos_token}:0"
-        single = f"{bos if add_bos else ''}$A:0{eos if add_eos else ''}"
-        pair = f"{single}{(' ' + self.bos_token + ':1') if add_bos else ''} $B:1" \
-               f"{(' ' + self.eos_token + ':1') if add_eos else ''}"
-        specials = [(self.bos_token, self.bos_token_id)] if add_bos else []
-        if add_eos:
-            specials.append((self.eos_token, self.eos_token_id))
+        bos = self.bos_token
         self.backend.post_processor = processors.TemplateProcessing(
-            single=single, pair=pair, special_tokens=specials)
+            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1",
+            special_tokens=[(bos, self.bos_token_id)])
 
     @property
     def vocab_size(self) -> int:

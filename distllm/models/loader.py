@@ -15,6 +15,7 @@ from distllm.layers.linear import default_weight_loader
 from distllm.models.utils import PPMissingLayer
 
 logger = logging.getLogger(__name__)
+_UNKNOWN = object()
 
 
 def checkpoint_files(model_path: str | Path) -> list[Path]:
@@ -54,9 +55,13 @@ def _resolve(name: str, mapping: dict[str, tuple[str, str | int]]) -> tuple[str,
 
 
 def _is_other_stage(model: nn.Module, param_name: str) -> bool:
+    """True when the name points into a module this pipeline stage left out (None attribute or
+    PPMissingLayer); an unknown attribute is not "another stage"."""
     module: object = model
     for part in param_name.split(".")[:-1]:
-        module = getattr(module, part, None)
+        module = getattr(module, part, _UNKNOWN)
+        if module is _UNKNOWN:
+            return False
         if module is None or isinstance(module, PPMissingLayer):
             return True
     return False
