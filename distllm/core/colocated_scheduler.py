@@ -22,6 +22,15 @@ from distllm.request import LifecycleEvent
 logger = logging.getLogger(__name__)
 
 
+def suppressed_token_ids(request: Request) -> tuple[int, ...]:
+    """Stop tokens the request may not sample yet (it has fewer than min_tokens outputs)."""
+    params = request.sampling_params
+    if request.num_output_tokens >= params.min_tokens:
+        return ()
+    eos = () if params.ignore_eos or request.eos_token_id is None else (request.eos_token_id,)
+    return params.stop_token_ids + eos
+
+
 def scheduled_request(request: Request) -> ScheduledRequest:
     """The worker's view of a request: every token not yet in the cache, and its blocks."""
     return ScheduledRequest(
@@ -30,6 +39,7 @@ def scheduled_request(request: Request) -> ScheduledRequest:
         num_computed_tokens=request.num_computed_tokens,
         block_table=list(request.block_table),
         sampling_params=request.sampling_params,
+        suppressed_token_ids=suppressed_token_ids(request),
     )
 
 

@@ -18,6 +18,7 @@ class ScheduledRequest:
     num_computed_tokens: int  # tokens already in the cache (the position of token_ids[0])
     block_table: list[int]  # logical block index -> device block id; covers every position
     sampling_params: SamplingParams
+    suppressed_token_ids: tuple[int, ...] = ()  # never sampled this step (EOS before min_tokens)
 
     @property
     def num_tokens(self) -> int:

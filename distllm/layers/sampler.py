@@ -23,10 +23,12 @@ class SamplingMetadata:
     generators: list[torch.Generator | None]  # per row; None = the sampler's shared generator
     all_greedy: bool
     needs_top_k_top_p: bool
+    suppressed_token_ids: list[tuple[int, ...]] | None = None  # per row; None = nothing banned
 
     @classmethod
     def from_params(cls, params: Sequence[SamplingParams], generators: list[torch.Generator | None],
-                    vocab_size: int, device: torch.device | str = "cpu") -> SamplingMetadata:
+                    vocab_size: int, device: torch.device | str = "cpu",
+                    suppressed_token_ids: list[tuple[int, ...]] | None = None) -> SamplingMetadata:
         temperatures = [0.0 if p.is_greedy else float(p.temperature) for p in params]
         top_ks = [p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in params]
         top_ps = [float(p.top_p) for p in params]
@@ -37,6 +39,7 @@ class SamplingMetadata:
             generators=generators,
             all_greedy=all(t == 0.0 for t in temperatures),
             needs_top_k_top_p=any(k < vocab_size for k in top_ks) or any(p < 1 for p in top_ps),
+            suppressed_token_ids=suppressed_token_ids if any(suppressed_token_ids or ()) else None,
         )
 
 
@@ -74,6 +77,10 @@ class Sampler:
         logits: torch.Tensor,  # [num_rows, vocab_size], fp32
         metadata: SamplingMetadata,
     ) -> torch.Tensor:  # [num_rows], int64
+        if metadata.suppressed_token_ids is not None:
+            logits = logits.clone()
+            for row, token_ids in enumerate(metadata.suppressed_token_ids):
+                logits[row, list(token_ids)] = float("-inf")
         greedy = logits.argmax(dim=-1)
         if metadata.all_greedy:
             return greedy

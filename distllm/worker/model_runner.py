@@ -60,7 +60,7 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden[inputs.logits_indices])  # [num_requests, vocab]
         metadata = SamplingMetadata.from_params(
             [r.sampling_params for r in scheduled], [self._generator(r) for r in scheduled],
-            self.vocab_size, self.device)
+            self.vocab_size, self.device, [r.suppressed_token_ids for r in scheduled])
         token_ids = self.sampler(logits[:, :self.vocab_size].float(), metadata).tolist()
         ids = [r.request_id for r in scheduled]
         return ModelRunnerOutput(dict(zip(ids, token_ids, strict=True)))

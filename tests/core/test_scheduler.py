@@ -187,3 +187,15 @@ def test_lifetime_records_colocated_events_in_order() -> None:
     names = [event.value for event, _ in req.lifetime.events]
     assert names == ["arrival", "prefill_begin", "prefill_end", "decode_begin", "decode_end"]
     assert len(req.token_times) == 3
+
+
+def test_stop_tokens_are_suppressed_until_min_tokens() -> None:
+    scheduler = create_scheduler()
+    params = SamplingParams(max_tokens=5, min_tokens=2, stop_token_ids=[4])
+    scheduler.add_request(Request("r", [5, 6, 7], params, eos_token_id=EOS))
+    suppressed = []
+    for _ in range(3):
+        out = scheduler.schedule()
+        suppressed.append(out.scheduled[0].suppressed_token_ids)
+        scheduler.update_from_output(out, fake_output(out))
+    assert suppressed == [(4, EOS), (4, EOS), ()]

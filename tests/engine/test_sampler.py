@@ -92,3 +92,14 @@ def test_different_seeds_differ() -> None:
     runs = {tuple(_sample(logits.repeat(64, 1), [SamplingParams(temperature=1.0)] * 64,
                           [torch.Generator().manual_seed(seed)] * 64)) for seed in (1, 2)}
     assert len(runs) == 2
+
+
+def test_suppressed_tokens_are_never_sampled() -> None:
+    logits = _logits(2)
+    top = logits.argmax(dim=-1).tolist()
+    params = [SamplingParams(temperature=0.0), SamplingParams(temperature=1.0, top_k=1)]
+    metadata = SamplingMetadata.from_params(params, [None, None], VOCAB,
+                                            suppressed_token_ids=[(top[0],), (top[1], 3)])
+    tokens = Sampler(torch.Generator().manual_seed(0))(logits, metadata).tolist()
+    assert tokens[0] != top[0] and tokens[1] not in (top[1], 3)
+    assert tokens[0] == int(logits[0].topk(2).indices[1])
