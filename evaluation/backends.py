@@ -90,6 +90,8 @@ class Backend(ABC):
         except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as e:
             out.error = f"{type(e).__name__}: {e}"
         out.end_time = time.perf_counter()
+        if not self.is_streaming and out.error is None:
+            out.token_timestamps = [out.end_time]  # the whole answer arrives at once
         if out.error is None and not out.token_timestamps:
             out.error = "no tokens received"
         return out
@@ -206,7 +208,6 @@ class DeepSpeedMIIBackend(Backend):
         if isinstance(obj, str):  # some MII versions JSON-encode the answer twice
             obj = json.loads(obj)
         item = obj[0] if isinstance(obj, list) else obj
-        out.token_timestamps.append(time.perf_counter())
         if isinstance(item, dict):
             out.text = str(item.get("generated_text", ""))
             if item.get("generated_length") is not None:
