@@ -5,6 +5,7 @@ nvcc exists, else cpu); `empty` builds no extension and distllm.ops uses the tor
 The CMake build directory (build/cmake-<python>-<target>) persists between installs, so a second
 `pip install --no-build-isolation -e .` with unchanged sources only re-runs a no-op ninja.
 """
+
 from __future__ import annotations
 
 import os
@@ -90,11 +91,19 @@ def _ext_modules() -> list[Extension]:
 setup(
     name="distllm",
     version="0.1.0",
-    description="Disaggregated prefill/decode LLM serving with a simulator-driven placement planner",
+    description="Disaggregated prefill/decode LLM serving with a simulator-driven planner",
     python_requires=">=3.10",
     packages=find_packages(
-        include=["distllm", "distllm.*", "simdist", "simdist.*", "evaluation", "evaluation.*",
-                 "dataset", "dataset.*"]
+        include=[
+            "distllm",
+            "distllm.*",
+            "simdist",
+            "simdist.*",
+            "evaluation",
+            "evaluation.*",
+            "dataset",
+            "dataset.*",
+        ]
     ),
     install_requires=[
         "torch>=2.4",

@@ -4,6 +4,7 @@ Each public function keeps reference.py's signature and dispatches to the native
 (torch.ops.distllm_C.*) when distllm._C is built, not disabled (DISTLLM_DISABLE_NATIVE=1) and
 supports the tensors' device and dtypes (CPU; fp32/bf16/fp16 caches); otherwise to the reference.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,8 +16,15 @@ from distllm.ops import reference
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HAS_NATIVE", "copy_blocks", "native_isa", "paged_decode_attention",
-           "prefill_attention", "reshape_and_cache", "swap_blocks"]
+__all__ = [
+    "HAS_NATIVE",
+    "copy_blocks",
+    "native_isa",
+    "paged_decode_attention",
+    "prefill_attention",
+    "reshape_and_cache",
+    "swap_blocks",
+]
 
 _ATTN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -49,8 +57,12 @@ def _i32(t: torch.Tensor) -> torch.Tensor:
 
 
 def _cache_ok(key_cache: torch.Tensor, value_cache: torch.Tensor) -> bool:
-    return (key_cache.dtype in _ATTN_DTYPES and key_cache.dtype == value_cache.dtype
-            and key_cache.is_contiguous() and value_cache.is_contiguous())
+    return (
+        key_cache.dtype in _ATTN_DTYPES
+        and key_cache.dtype == value_cache.dtype
+        and key_cache.is_contiguous()
+        and value_cache.is_contiguous()
+    )
 
 
 def reshape_and_cache(
@@ -60,8 +72,12 @@ def reshape_and_cache(
     value_cache: torch.Tensor,  # [num_blocks, num_kv_heads, block_size, head_dim]
     slot_mapping: torch.Tensor,  # [num_tokens], int64; -1 = skip
 ) -> None:
-    if (HAS_NATIVE and _on_cpu(key, value, key_cache, value_cache, slot_mapping)
-            and key_cache.is_contiguous() and value_cache.is_contiguous()):
+    if (
+        HAS_NATIVE
+        and _on_cpu(key, value, key_cache, value_cache, slot_mapping)
+        and key_cache.is_contiguous()
+        and value_cache.is_contiguous()
+    ):
         torch.ops.distllm_C.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
         return
     reference.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
@@ -76,16 +92,28 @@ def paged_decode_attention(
     scale: float,
     out: torch.Tensor | None = None,  # [num_seqs, num_heads, head_dim]
 ) -> torch.Tensor:  # [num_seqs, num_heads, head_dim]
-    if (HAS_NATIVE and _on_cpu(query, key_cache, value_cache, block_tables, context_lens, out)
-            and query.dtype in _ATTN_DTYPES and _cache_ok(key_cache, value_cache)):
+    if (
+        HAS_NATIVE
+        and _on_cpu(query, key_cache, value_cache, block_tables, context_lens, out)
+        and query.dtype in _ATTN_DTYPES
+        and _cache_ok(key_cache, value_cache)
+    ):
         if out is None:
             out = torch.empty_like(query)
         torch.ops.distllm_C.paged_decode_attention(
-            out, query, key_cache, value_cache, _i32(block_tables), _i32(context_lens),
-            float(scale), 0)
+            out,
+            query,
+            key_cache,
+            value_cache,
+            _i32(block_tables),
+            _i32(context_lens),
+            float(scale),
+            0,
+        )
         return out
     return reference.paged_decode_attention(
-        query, key_cache, value_cache, block_tables, context_lens, scale, out=out)
+        query, key_cache, value_cache, block_tables, context_lens, scale, out=out
+    )
 
 
 def prefill_attention(
@@ -102,21 +130,50 @@ def prefill_attention(
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
     """Causal attention over a ragged batch, optionally after a cached prefix (reference.py)."""
     use_cache = num_cached_tokens is not None and key_cache is not None
-    if (HAS_NATIVE and query.dtype in _ATTN_DTYPES
-            and _on_cpu(query, key, value, cu_seqlens_q, key_cache, value_cache, block_tables,
-                        num_cached_tokens, out)
-            and (not use_cache or (_cache_ok(key_cache, value_cache) and block_tables is not None))):
+    if (
+        HAS_NATIVE
+        and query.dtype in _ATTN_DTYPES
+        and _on_cpu(
+            query,
+            key,
+            value,
+            cu_seqlens_q,
+            key_cache,
+            value_cache,
+            block_tables,
+            num_cached_tokens,
+            out,
+        )
+        and (not use_cache or (_cache_ok(key_cache, value_cache) and block_tables is not None))
+    ):
         if out is None:
             out = torch.empty_like(query)
         torch.ops.distllm_C.prefill_attention(
-            out, query, key, value, _i32(cu_seqlens_q), float(scale),
-            key_cache if use_cache else None, value_cache if use_cache else None,
+            out,
+            query,
+            key,
+            value,
+            _i32(cu_seqlens_q),
+            float(scale),
+            key_cache if use_cache else None,
+            value_cache if use_cache else None,
             _i32(block_tables) if use_cache else None,
-            _i32(num_cached_tokens) if use_cache else None, 0)
+            _i32(num_cached_tokens) if use_cache else None,
+            0,
+        )
         return out
     return reference.prefill_attention(
-        query, key, value, cu_seqlens_q, scale, key_cache, value_cache, block_tables,
-        num_cached_tokens, out=out)
+        query,
+        key,
+        value,
+        cu_seqlens_q,
+        scale,
+        key_cache,
+        value_cache,
+        block_tables,
+        num_cached_tokens,
+        out=out,
+    )
 
 
 def copy_blocks(
@@ -125,8 +182,12 @@ def copy_blocks(
     block_mapping: torch.Tensor,  # [num_pairs, 2], int64: (src, dst); no block both src and dst
 ) -> None:
     caches = [*key_caches, *value_caches]
-    if (HAS_NATIVE and _on_cpu(*caches) and all(c.is_contiguous() for c in caches)
-            and len({(c.shape, c.dtype) for c in caches}) <= 1):
+    if (
+        HAS_NATIVE
+        and _on_cpu(*caches)
+        and all(c.is_contiguous() for c in caches)
+        and len({(c.shape, c.dtype) for c in caches}) <= 1
+    ):
         torch.ops.distllm_C.copy_blocks(key_caches, value_caches, block_mapping)
         return
     reference.copy_blocks(key_caches, value_caches, block_mapping)
@@ -137,8 +198,14 @@ def swap_blocks(
     dst: torch.Tensor,  # [num_blocks_dst, ...]; may live on another device
     block_mapping: torch.Tensor,  # [num_pairs, 2], int64: (src block, dst block)
 ) -> None:
-    if (HAS_NATIVE and _on_cpu(src, dst) and src.dtype == dst.dtype and src.is_contiguous()
-            and dst.is_contiguous() and src.shape[1:] == dst.shape[1:]):
+    if (
+        HAS_NATIVE
+        and _on_cpu(src, dst)
+        and src.dtype == dst.dtype
+        and src.is_contiguous()
+        and dst.is_contiguous()
+        and src.shape[1:] == dst.shape[1:]
+    ):
         torch.ops.distllm_C.swap_blocks(src, dst, block_mapping.cpu())
         return
     reference.swap_blocks(src, dst, block_mapping)

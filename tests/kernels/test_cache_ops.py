@@ -1,4 +1,5 @@
 """Native reshape_and_cache / copy_blocks / swap_blocks vs reference.py (on cloned caches)."""
+
 from __future__ import annotations
 
 import pytest
@@ -50,7 +51,7 @@ def test_copy_blocks_every_layer(dtype: torch.dtype) -> None:
     keys_ref, values_ref = [k.clone() for k in keys], [v.clone() for v in values]
     reference.copy_blocks(keys_ref, values_ref, mapping)
     ops.copy_blocks(keys, values, mapping)
-    assert all(torch.equal(a, b) for a, b in zip(keys + values, keys_ref + values_ref))
+    assert all(torch.equal(a, b) for a, b in zip(keys + values, keys_ref + values_ref, strict=True))
     assert torch.equal(keys[1][9], keys[1][3])
 
 

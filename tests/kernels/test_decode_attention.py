@@ -1,4 +1,5 @@
 """Native paged decode attention vs distllm/ops/reference.py (shapes, GQA, dtypes, splits, ISAs)."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,8 +14,15 @@ pytestmark = needs_native
 LENS = [1, 19, 70]  # not multiples of any block size
 
 
-def _decode_case(lens: list[int], head_dim: int, num_kv_heads: int, group: int, block_size: int,
-                 dtype: torch.dtype, seed: int = 0) -> tuple:
+def _decode_case(
+    lens: list[int],
+    head_dim: int,
+    num_kv_heads: int,
+    group: int,
+    block_size: int,
+    dtype: torch.dtype,
+    seed: int = 0,
+) -> tuple:
     gen = torch.Generator().manual_seed(seed)
     kv = make_paged_kv(lens, num_kv_heads, block_size, head_dim, dtype, gen)
     query = torch.randn(len(lens), num_kv_heads * group, head_dim, generator=gen).to(dtype)
@@ -26,13 +34,16 @@ def _decode_case(lens: list[int], head_dim: int, num_kv_heads: int, group: int, 
 @pytest.mark.parametrize("block_size", [8, 16, 32])
 @pytest.mark.parametrize("group", [1, 4, 8])
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_decode_matches_reference(head_dim: int, group: int, block_size: int,
-                                  dtype: torch.dtype) -> None:
+def test_decode_matches_reference(
+    head_dim: int, group: int, block_size: int, dtype: torch.dtype
+) -> None:
     query, kv, lens, scale = _decode_case(LENS, head_dim, 2, group, block_size, dtype)
     expected = reference.paged_decode_attention(
-        query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale)
+        query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale
+    )
     actual = ops.paged_decode_attention(
-        query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale)
+        query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale
+    )
     assert_close(actual, expected)
 
 
@@ -41,13 +52,15 @@ def test_decode_matches_reference(head_dim: int, group: int, block_size: int,
 def test_decode_every_isa_and_dtype(isa: str, dtype: torch.dtype) -> None:
     query, kv, lens, scale = _decode_case([5, 33, 97], 128, 2, 4, 16, dtype, seed=1)
     expected = reference.paged_decode_attention(
-        query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale)
+        query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale
+    )
     set_isa(isa)
     try:
         for splits in (1, 3):
             out = torch.empty_like(query)
             torch.ops.distllm_C.paged_decode_attention(
-                out, query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale, splits)
+                out, query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale, splits
+            )
             assert_close(out, expected)
     finally:
         torch.ops.distllm_C.set_cpu_isa("auto")
@@ -58,20 +71,24 @@ def test_decode_long_context_split_path(num_splits: int) -> None:
     # one sequence x one KV head: fewer tasks than threads, so auto (0) splits the context too
     query, kv, lens, scale = _decode_case([1500, 7], 64, 1, 8, 16, torch.float32, seed=2)
     expected = reference.paged_decode_attention(
-        query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale)
+        query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale
+    )
     out = torch.empty_like(query)
     torch.ops.distllm_C.paged_decode_attention(
-        out, query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale, num_splits)
+        out, query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale, num_splits
+    )
     assert_close(out, expected)
 
 
 def test_decode_odd_head_dim_and_out_argument() -> None:
     query, kv, lens, scale = _decode_case([3, 40], 80, 3, 2, 16, torch.bfloat16, seed=3)
     expected = reference.paged_decode_attention(
-        query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale)
+        query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale
+    )
     out = torch.full_like(query, float("nan"))
     result = ops.paged_decode_attention(
-        query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale, out=out)
+        query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale, out=out
+    )
     assert result.data_ptr() == out.data_ptr()
     assert_close(out, expected)
 
@@ -80,7 +97,9 @@ def test_decode_strided_query_and_int64_metadata() -> None:
     query, kv, lens, scale = _decode_case([9, 26], 64, 2, 4, 8, torch.float32, seed=4)
     wide = torch.cat([query, query], dim=-1)[..., :64]  # non-contiguous view
     expected = reference.paged_decode_attention(
-        query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale)
+        query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale
+    )
     actual = ops.paged_decode_attention(
-        wide, kv.key_cache, kv.value_cache, kv.block_tables.long(), lens.long(), scale)
+        wide, kv.key_cache, kv.value_cache, kv.block_tables.long(), lens.long(), scale
+    )
     assert_close(actual, expected)

@@ -1,4 +1,5 @@
 """distllm.ops dispatch: native when built and supported, reference otherwise (always runs)."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,13 @@ def _decode_inputs(dtype: torch.dtype) -> tuple:
 def test_public_signatures_match_reference() -> None:
     import inspect
 
-    for name in ("reshape_and_cache", "paged_decode_attention", "prefill_attention",
-                 "copy_blocks", "swap_blocks"):
+    for name in (
+        "reshape_and_cache",
+        "paged_decode_attention",
+        "prefill_attention",
+        "copy_blocks",
+        "swap_blocks",
+    ):
         ours = inspect.signature(getattr(ops, name)).parameters
         theirs = inspect.signature(getattr(reference, name)).parameters
         assert list(ours) == list(theirs), name
@@ -48,14 +54,20 @@ def test_float64_falls_back_to_reference() -> None:
 def test_reference_path_when_native_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ops, "HAS_NATIVE", False)
     args = _decode_inputs(torch.float32)
-    torch.testing.assert_close(ops.paged_decode_attention(*args),
-                               reference.paged_decode_attention(*args))
+    torch.testing.assert_close(
+        ops.paged_decode_attention(*args), reference.paged_decode_attention(*args)
+    )
 
 
 def test_disable_native_env_var_forces_reference() -> None:
     code = "import distllm.ops as o; print(o.HAS_NATIVE, o.native_isa())"
     env = {**os.environ, "DISTLLM_DISABLE_NATIVE": "1"}
-    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
-                             os.path.abspath(__file__)))))
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+    )
     assert res.stdout.split() == ["False", "None"]

@@ -1,4 +1,5 @@
 """Native ragged causal prefill attention (with and without a cached prefix) vs reference.py."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,8 +12,16 @@ from tests.kernels.utils import assert_close, make_paged_kv, needs_native, set_i
 pytestmark = needs_native
 
 
-def _prefill_case(new_lens: list[int], cached: list[int], head_dim: int, num_kv_heads: int,
-                  group: int, block_size: int, dtype: torch.dtype, seed: int = 0) -> dict:
+def _prefill_case(
+    new_lens: list[int],
+    cached: list[int],
+    head_dim: int,
+    num_kv_heads: int,
+    group: int,
+    block_size: int,
+    dtype: torch.dtype,
+    seed: int = 0,
+) -> dict:
     gen = torch.Generator().manual_seed(seed)
     total = sum(new_lens)
     num_heads = num_kv_heads * group
@@ -41,8 +50,9 @@ def _without_cache(case: dict) -> dict:
 @pytest.mark.parametrize("block_size", [8, 16, 32])
 @pytest.mark.parametrize("group", [1, 4, 8])
 @pytest.mark.parametrize("head_dim", [64, 128])
-def test_prefill_matches_reference(head_dim: int, group: int, block_size: int,
-                                   dtype: torch.dtype, with_prefix: bool) -> None:
+def test_prefill_matches_reference(
+    head_dim: int, group: int, block_size: int, dtype: torch.dtype, with_prefix: bool
+) -> None:
     case = _prefill_case([13, 1, 41], [21, 5, 0], head_dim, 2, group, block_size, dtype)
     if not with_prefix:
         case = _without_cache(case)
@@ -59,9 +69,18 @@ def test_prefill_every_isa_tile_and_dtype(isa: str, dtype: torch.dtype, q_tile: 
     try:
         out = torch.empty_like(case["query"])
         torch.ops.distllm_C.prefill_attention(
-            out, case["query"], case["key"], case["value"], case["cu_seqlens_q"], case["scale"],
-            case["key_cache"], case["value_cache"], case["block_tables"],
-            case["num_cached_tokens"], q_tile)
+            out,
+            case["query"],
+            case["key"],
+            case["value"],
+            case["cu_seqlens_q"],
+            case["scale"],
+            case["key_cache"],
+            case["value_cache"],
+            case["block_tables"],
+            case["num_cached_tokens"],
+            q_tile,
+        )
         assert_close(out, expected)
     finally:
         torch.ops.distllm_C.set_cpu_isa("auto")

@@ -1,4 +1,5 @@
 """Helpers for the kernel tests: seeded random paged KV caches and block tables."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,8 +32,13 @@ class PagedKV:
 
 
 def make_paged_kv(
-    lens: list[int], num_kv_heads: int, block_size: int, head_dim: int, dtype: torch.dtype,
-    gen: torch.Generator, spare_blocks: int = 3,
+    lens: list[int],
+    num_kv_heads: int,
+    block_size: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    gen: torch.Generator,
+    spare_blocks: int = 3,
 ) -> PagedKV:
     """A cache holding len tokens per sequence in shuffled (non-contiguous) blocks."""
     blocks_per_seq = [(n + block_size - 1) // block_size for n in lens]
@@ -45,7 +51,7 @@ def make_paged_kv(
     tables = torch.zeros(len(lens), max_blocks, dtype=torch.int32)
     start = 0
     for i, nb in enumerate(blocks_per_seq):
-        tables[i, :nb] = perm[start:start + nb]
+        tables[i, :nb] = perm[start : start + nb]
         start += nb
     return PagedKV(key_cache, value_cache, tables)
 
