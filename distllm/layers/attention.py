@@ -14,10 +14,12 @@ from distllm.layers.context import AttentionMetadata, get_context
 
 class Attention(nn.Module):
     def __init__(self, num_heads: int, head_dim: int, scale: float, num_kv_heads: int,
-                 layer_idx: int) -> None:
+                 layer_idx: int, cache_index: int | None = None) -> None:
         super().__init__()
         self.num_heads, self.head_dim, self.scale = num_heads, head_dim, scale
         self.num_kv_heads, self.layer_idx = num_kv_heads, layer_idx
+        # NOTE: kv_caches holds this pipeline stage's layers only: index = layer - start_layer
+        self.cache_index = layer_idx if cache_index is None else cache_index
 
     def forward(
         self,
@@ -38,7 +40,7 @@ class Attention(nn.Module):
             raise ValueError(f"attention got {n} tokens, metadata says {meta.num_tokens}")
         key_cache = value_cache = None
         if ctx.kv_caches:
-            key_cache, value_cache = ctx.kv_caches[self.layer_idx]
+            key_cache, value_cache = ctx.kv_caches[self.cache_index]
             ops.reshape_and_cache(k, v, key_cache, value_cache, meta.slot_mapping)
         out = torch.empty_like(q)
         self._prefill(q, k, v, key_cache, value_cache, meta, out)

@@ -13,7 +13,7 @@ from distllm.layers.attention import Attention
 from distllm.layers.embedding import ParallelLMHead, PositionEmbedding, VocabParallelEmbedding
 from distllm.layers.layernorm import LayerNorm
 from distllm.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
-from distllm.models.utils import CausalLM, make_layers
+from distllm.models.utils import CausalLM, cache_index, make_layers
 
 _CONV1D = ("c_attn.weight", "c_proj.weight", "c_fc.weight")
 
@@ -34,7 +34,7 @@ class GPT2Attention(nn.Module):
         if cfg.get("scale_attn_by_inverse_layer_idx", False):
             scale /= layer_idx + 1
         self.attn = Attention(self.c_attn.num_heads, head_dim, scale, self.c_attn.num_kv_heads,
-                              layer_idx)
+                              layer_idx, cache_index(layer_idx, cfg["n_layer"], parallel))
 
     def _load_fused_qkv(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
         for shard_id, part in zip("qkv", loaded.chunk(3, dim=0), strict=True):

@@ -18,7 +18,7 @@ from distllm.layers.linear import (
 )
 from distllm.layers.rotary import RotaryEmbedding, rope_parameters
 from distllm.models.dims import model_dims
-from distllm.models.utils import CausalLM, make_layers
+from distllm.models.utils import CausalLM, cache_index, make_layers
 
 
 class LlamaAttention(nn.Module):
@@ -34,7 +34,8 @@ class LlamaAttention(nn.Module):
                                         bias=bias, **kw)
         self.rotary = rotary
         self.attn = Attention(self.qkv_proj.num_heads, dims.head_dim, dims.head_dim ** -0.5,
-                              self.qkv_proj.num_kv_heads, layer_idx)
+                              self.qkv_proj.num_kv_heads, layer_idx,
+                              cache_index(layer_idx, dims.num_layers, parallel))
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv_proj(x)  # [n, (h + 2 * kvh) * d] (this rank's heads)

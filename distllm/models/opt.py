@@ -18,7 +18,7 @@ from distllm.layers.linear import (
     ReplicatedLinear,
     RowParallelLinear,
 )
-from distllm.models.utils import CausalLM, make_layers
+from distllm.models.utils import CausalLM, cache_index, make_layers
 
 
 def _layer_norm(cfg: dict, dtype: torch.dtype, device: torch.device | str) -> LayerNorm:
@@ -36,7 +36,8 @@ class OPTAttention(nn.Module):
         self.qkv_proj = QKVParallelLinear(h, head_dim, heads, heads, bias=bias, **kw)
         self.out_proj = RowParallelLinear(h, h, bias=bias, **kw)
         self.attn = Attention(self.qkv_proj.num_heads, head_dim, head_dim ** -0.5,
-                              self.qkv_proj.num_kv_heads, layer_idx)
+                              self.qkv_proj.num_kv_heads, layer_idx,
+                              cache_index(layer_idx, cfg["num_hidden_layers"], parallel))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, hidden]
         q_size, kv_size = self.qkv_proj.q_size, self.qkv_proj.kv_size

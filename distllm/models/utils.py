@@ -16,6 +16,11 @@ class PPMissingLayer(nn.Module):
         raise RuntimeError("this layer belongs to another pipeline stage")
 
 
+def cache_index(layer_idx: int, num_layers: int, parallel: ParallelInfo) -> int:
+    """Index of global layer `layer_idx` in this pipeline stage's list of KV caches."""
+    return layer_idx - parallel.layer_range(num_layers)[0]
+
+
 def make_layers(num_layers: int, parallel: ParallelInfo,
                 factory: Callable[[int], nn.Module]) -> tuple[int, int, nn.ModuleList]:
     """(start, end, layers): `factory(i)` builds layer i for i in this stage's [start, end)."""

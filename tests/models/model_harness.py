@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from distllm.distributed.parallel_info import ParallelInfo
 from distllm.layers.context import AttentionMetadata, forward_batch
 from distllm.models.dims import model_dims
 from distllm.models.loader import load_weights
@@ -27,12 +28,15 @@ CASES: dict[str, tuple[str, dict]] = {
 
 class PagedRunner:
     def __init__(self, model: torch.nn.Module, hf_config: dict, *, block_size: int = 4,
-                 num_blocks: int = 128, dtype: torch.dtype = torch.float32) -> None:
-        dims = model_dims(hf_config)
-        shape = (num_blocks, dims.num_kv_heads, block_size, dims.head_dim)
+                 num_blocks: int = 128, dtype: torch.dtype = torch.float32,
+                 parallel: ParallelInfo | None = None) -> None:
+        dims, parallel = model_dims(hf_config), parallel or ParallelInfo()
+        kv_heads = max(dims.num_kv_heads // parallel.tp_size, 1)
+        start, end = parallel.layer_range(dims.num_layers)
+        shape = (num_blocks, kv_heads, block_size, dims.head_dim)
         self.model, self.block_size = model, block_size
         self.kv_caches = [(torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype))
-                          for _ in range(dims.num_layers)]
+                          for _ in range(start, end)]
         # NOTE: blocks are handed out in reverse so block ids and positions never coincide
         self.free_blocks = list(range(num_blocks))[::-1]
         self.block_tables: dict[int, list[int]] = {}  # seq id -> block ids
@@ -54,6 +58,14 @@ class PagedRunner:
              decodes: list[tuple[int, int]]) -> torch.Tensor:
         """prefills: (seq id, new prompt tokens) chunks; decodes: (seq id, token).
         Returns fp32 logits [num_tokens, vocab] in batch order (prefills, then decodes)."""
+        ids, positions, meta = self.prepare(prefills, decodes)
+        with torch.no_grad(), forward_batch(meta, self.kv_caches):
+            hidden = self.model(ids, positions)
+            return self.model.compute_logits(hidden)
+
+    def prepare(self, prefills: list[tuple[int, list[int]]], decodes: list[tuple[int, int]]
+                ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        """Allocate slots and build (input_ids [n], positions [n], metadata) for one step."""
         ids, positions, slots, cu, cached = [], [], [], [0], []
         for seq, tokens in prefills:
             c = self.num_cached.get(seq, 0)
@@ -72,9 +84,7 @@ class PagedRunner:
             self.num_cached[seq] = self.num_cached.get(seq, 0) + len(tokens)
         for seq, _ in decodes:
             self.num_cached[seq] += 1
-        with torch.no_grad(), forward_batch(meta, self.kv_caches):
-            hidden = self.model(torch.tensor(ids), torch.tensor(positions))
-            return self.model.compute_logits(hidden)
+        return torch.tensor(ids), torch.tensor(positions), meta
 
     def _metadata(self, prefills: list, decodes: list, slots: list[int], cu: list[int],
                   cached: list[int]) -> AttentionMetadata:
