@@ -6,11 +6,13 @@ yields to the event loop until the time is reached, which keeps lateness well un
 on an idle core) and starts one task per request. `dispatch_times` is when that task started
 running; `start_time` of a record is when its HTTP request was sent, after any wait for a
 `max_concurrency` slot. All times are seconds from the round's start (t0, perf_counter).
+The cyclic garbage collector is paused during a round (`pause_gc`) and run once after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ class RunnerConfig:
     spin_s: float = 0.002  # busy-yield window before each scheduled send
     request_timeout_s: float = 600.0  # max silence on one stream
     show_progress: bool = False
+    pause_gc: bool = True  # NOTE: a cyclic-GC pass can stall the dispatch loop for milliseconds
 
     def __post_init__(self) -> None:
         if self.max_concurrency is not None and self.max_concurrency < 1:
@@ -110,13 +113,21 @@ async def run_round(
         results[i], records[i] = res, _to_record(reqs[i], sent, res, t0)
         bar.update(1)
 
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        start_unix, t0 = time.time(), time.perf_counter()
-        tasks = []
-        for i in range(n):
-            await sleep_until(t0 + sched[i], cfg.spin_s)
-            tasks.append(asyncio.create_task(one(i, session)))
-        await asyncio.gather(*tasks)
-        duration = time.perf_counter() - t0
-    bar.close()
+    if cfg.pause_gc:
+        gc.collect()
+        gc.disable()
+    try:
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            start_unix, t0 = time.time(), time.perf_counter()
+            tasks = []
+            for i in range(n):
+                await sleep_until(t0 + sched[i], cfg.spin_s)
+                tasks.append(asyncio.create_task(one(i, session)))
+            await asyncio.gather(*tasks)
+            duration = time.perf_counter() - t0
+    finally:
+        bar.close()
+        if cfg.pause_gc:
+            gc.enable()
+            gc.collect()
     return RoundResult(records, results, sched, dispatch, duration, start_unix)
