@@ -195,13 +195,16 @@ def _load(inst: DecodeInstance | ColocatedInstance) -> int:
 
 
 def simulate(spec: ClusterSpec, profile: LatencyProfile, workload: Workload,
-             rate: float | None, trace: list | None = None) -> SimResult:
-    """Run `workload` at `rate` req/s (None for trace replay) through the cluster."""
+             rate: float | None, trace: list | None = None,
+             num_requests: int | None = None) -> SimResult:
+    """Run the first `num_requests` (default all) of `workload` at `rate` req/s (None for
+    trace replay) through the cluster."""
     sim = Simulator(trace)
     cluster = Cluster(spec, profile, sim)
     arrivals = workload.arrivals(rate)
-    reqs = [SimRequest(i, t, p, o) for i, (t, p, o) in
-            enumerate(zip(arrivals, workload.prompt_lens, workload.output_lens))]
+    n = len(arrivals) if num_requests is None else min(num_requests, len(arrivals))
+    reqs = [SimRequest(i, arrivals[i], workload.prompt_lens[i], workload.output_lens[i])
+            for i in range(n)]
     it = iter(reqs)
 
     def arrive(r: SimRequest) -> None:
