@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 DTYPE_SIZES = {"float32": 4, "bfloat16": 2, "float16": 2}
 LOAD_FORMATS = ("auto", "dummy")
 DEVICES = ("cpu", "cuda")
+PREEMPTION_MODES = ("recompute", "swap")
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -180,21 +181,33 @@ class SchedulerConfig:
 
     max_num_seqs: int = 64  # requests in one batch
     max_num_batched_tokens: int = 4096  # tokens in one forward
+    # Mixed batches: running decodes first, then prompts split into chunks that fill the budget.
+    enable_chunked_prefill: bool = False
+    preemption_mode: str = "recompute"  # recompute | swap (falls back to recompute when full)
 
     def __post_init__(self) -> None:
         _positive_int("max_num_seqs", self.max_num_seqs)
         _positive_int("max_num_batched_tokens", self.max_num_batched_tokens)
+        if self.preemption_mode not in PREEMPTION_MODES:
+            raise ValueError(f"preemption_mode must be one of {PREEMPTION_MODES}, "
+                             f"got {self.preemption_mode!r}")
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:
         g = parser.add_argument_group("scheduler")
         g.add_argument("--max-num-seqs", type=int, default=64, help="requests per batch")
         g.add_argument("--max-num-batched-tokens", type=int, default=4096,
-                       help="tokens per forward (must be >= max model length)")
+                       help="tokens per forward (>= max model length without chunked prefill)")
+        g.add_argument("--enable-chunked-prefill", action="store_true",
+                       help="mix decodes with prompt chunks under the token budget")
+        g.add_argument("--preemption-mode", default="recompute", choices=PREEMPTION_MODES,
+                       help="how to free blocks under memory pressure (swap needs swap space)")
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> SchedulerConfig:
-        return cls(max_num_seqs=ns.max_num_seqs, max_num_batched_tokens=ns.max_num_batched_tokens)
+        return cls(max_num_seqs=ns.max_num_seqs, max_num_batched_tokens=ns.max_num_batched_tokens,
+                   enable_chunked_prefill=ns.enable_chunked_prefill,
+                   preemption_mode=ns.preemption_mode)
 
 
 @dataclass(frozen=True)
@@ -210,13 +223,14 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
-        # NOTE: a preempted request is recomputed in one forward, so the token budget must
-        # cover the longest sequence.
-        if self.scheduler.max_num_batched_tokens < self.model.max_seq_len:
+        # NOTE: without chunking a (preempted) request is prefilled in one forward, so the
+        # token budget must cover the longest sequence.
+        chunked = self.scheduler.enable_chunked_prefill
+        if not chunked and self.scheduler.max_num_batched_tokens < self.model.max_seq_len:
             raise ValueError(
                 f"max_num_batched_tokens={self.scheduler.max_num_batched_tokens} is smaller "
                 f"than max_model_len={self.model.max_seq_len}: raise --max-num-batched-tokens "
-                "or lower --max-model-len")
+                "or lower --max-model-len, or --enable-chunked-prefill")
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:

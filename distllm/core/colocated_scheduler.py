@@ -1,10 +1,15 @@
 """Colocated scheduler: vLLM-style prefill-priority continuous batching (the baseline).
 
-Each step is either a prefill batch or a decode batch. Waiting requests are admitted FCFS while
+Default: each step is a prefill batch or a decode batch. Waiting requests are admitted FCFS while
 they fit the token budget (`max_num_batched_tokens`), the batch cap (`max_num_seqs`) and the free
 blocks above the watermark; when any are admitted the step prefills them. Otherwise every running
-request decodes one token; when a running request cannot get a slot, the newest running request
-is preempted by recompute (its blocks are freed and it goes back to the head of the queue).
+request decodes one token.
+With `enable_chunked_prefill`, a step mixes both: running decodes first (one token each), then
+the unfinished prompt chunks of running requests, then new requests, each prompt cut to fit
+what is left of the budget.
+When a running request cannot get a slot, the newest running request is preempted: swapped to
+CPU (`preemption_mode="swap"`, while swap space lasts) or recomputed (its blocks are freed and it
+goes back to the head of the waiting queue). Swapped requests come back before new admissions.
 """
 from __future__ import annotations
 
@@ -14,76 +19,91 @@ from collections import deque
 
 from distllm.core.block_manager import AllocStatus
 from distllm.core.request_state import Request, RequestStatus
-from distllm.core.scheduler import Scheduler
-from distllm.core.scheduler_output import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
-from distllm.core.stop_checker import check_stop
-from distllm.request import LifecycleEvent
+from distllm.core.scheduler import Scheduler, scheduled_request
+from distllm.core.scheduler_output import SchedulerOutput
 
 logger = logging.getLogger(__name__)
 
 
-def suppressed_token_ids(request: Request) -> tuple[int, ...]:
-    """Stop tokens the request may not sample yet (it has fewer than min_tokens outputs)."""
-    params = request.sampling_params
-    if request.num_output_tokens >= params.min_tokens:
-        return ()
-    eos = () if params.ignore_eos or request.eos_token_id is None else (request.eos_token_id,)
-    return params.stop_token_ids + eos
-
-
-def scheduled_request(request: Request) -> ScheduledRequest:
-    """The worker's view of a request: every token not yet in the cache, and its blocks."""
-    return ScheduledRequest(
-        request_id=request.request_id,
-        token_ids=request.all_token_ids[request.num_computed_tokens:],
-        num_computed_tokens=request.num_computed_tokens,
-        block_table=list(request.block_table),
-        sampling_params=request.sampling_params,
-        suppressed_token_ids=suppressed_token_ids(request),
-    )
-
-
 class ColocatedScheduler(Scheduler):
-    """Prefill and decode on the same instance; preemption by recompute."""
+    """Prefill and decode on the same instance."""
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput(finished_request_ids=self._take_finished_ids())
-        self._schedule_prefills(out)
-        if not out.prefills:
-            self._schedule_decodes(out)
+        budget = self.config.max_num_batched_tokens
+        self._swap_in(out)
+        if self.config.enable_chunked_prefill:
+            budget = self._schedule_decodes(out, budget)
+            budget = self._schedule_prefill_chunks(out, budget)
+            if not self.swapped:
+                self._schedule_prefills(out, budget)
+        else:
+            if not self.swapped:
+                self._schedule_prefills(out, budget)
+            if not out.prefills:
+                self._schedule_decodes(out, budget)
         return out
 
-    def _schedule_prefills(self, out: SchedulerOutput) -> None:
-        budget = self.config.max_num_batched_tokens
+    def _swap_in(self, out: SchedulerOutput) -> None:
+        while self.swapped and len(self.running) < self.config.max_num_seqs:
+            request = self.swapped[0]
+            status = self.block_manager.can_swap_in(request)
+            if status is AllocStatus.LATER:
+                break
+            self.swapped.popleft()
+            if status is AllocStatus.NEVER:  # the watermark grew past it: recompute instead
+                self.block_manager.free(request)
+                self._requeue_for_recompute(request)
+                continue
+            out.blocks_to_swap_in += self.block_manager.swap_in(request)
+            request.status = RequestStatus.RUNNING
+            self.running.append(request)
+
+    def _schedule_prefills(self, out: SchedulerOutput, budget: int) -> int:
+        """Admit waiting requests FCFS; returns the budget left."""
         now = time.monotonic()
-        while self.waiting and len(self.running) < self.config.max_num_seqs:
+        chunked = self.config.enable_chunked_prefill
+        while self.waiting and len(self.running) < self.config.max_num_seqs and budget > 0:
             request = self.waiting[0]
-            if request.num_tokens > budget:
+            num_tokens = min(request.num_tokens, budget) if chunked else request.num_tokens
+            if num_tokens > budget:
                 break
             status = self.block_manager.can_allocate(request)
             if status is AllocStatus.LATER:
                 break
             if status is AllocStatus.NEVER:
-                request.error = (f"{request.num_tokens} tokens need more KV blocks than the "
-                                 f"cache has ({self.block_manager.num_blocks})")
-                logger.warning("request %s ignored: %s", request.request_id, request.error)
-                self._finish(request, RequestStatus.FINISHED_IGNORED)
+                self._ignore(request)
                 continue
             self.waiting.popleft()
-            self.block_manager.allocate(request)
-            request.status = RequestStatus.RUNNING
-            self.running.append(request)
-            request.lifetime.record(LifecycleEvent.PREFILL_BEGIN, now)
-            out.prefills.append(scheduled_request(request))
-            budget -= request.num_tokens
+            self.block_manager.allocate(request)  # NOTE: blocks for every token, chunked or not
+            self._start_prefill(request, now)
+            out.prefills.append(scheduled_request(request, num_tokens))
+            budget -= num_tokens
+        return budget
 
-    def _schedule_decodes(self, out: SchedulerOutput) -> None:
-        queue = deque(self.running)  # oldest first
-        while queue:
+    def _schedule_prefill_chunks(self, out: SchedulerOutput, budget: int) -> int:
+        """Continue the prompts of running requests that are partly prefilled."""
+        for request in self.running:
+            remaining = request.num_tokens - request.num_computed_tokens
+            if budget <= 0:
+                break
+            if remaining > 1:
+                num_tokens = min(remaining, budget)
+                out.prefills.append(scheduled_request(request, num_tokens))
+                budget -= num_tokens
+        return budget
+
+    def _schedule_decodes(self, out: SchedulerOutput, budget: int) -> int:
+        """One token for every running request whose prompt is in the cache, oldest first,
+        preempting the newest when blocks run out; returns the budget left."""
+        queue = deque(self.running)
+        while queue and budget > 0:
             request = queue.popleft()
+            if request.num_tokens - request.num_computed_tokens > 1:
+                continue  # mid-prefill (chunked): continued by _schedule_prefill_chunks
             while not self.block_manager.can_append_slot(request):
                 victim = queue.pop() if queue else request  # newest first
-                self._preempt(victim)
+                self._preempt(victim, out)
                 if victim is request:
                     break
             else:
@@ -91,41 +111,31 @@ class ColocatedScheduler(Scheduler):
                 if copy is not None:
                     out.blocks_to_copy.append(copy)
                 out.decodes.append(scheduled_request(request))
+                budget -= 1
+        return budget
 
-    def _preempt(self, request: Request) -> None:
-        logger.debug("preempting request %s by recompute", request.request_id)
+    def _preempt(self, request: Request, out: SchedulerOutput) -> None:
         self.running.remove(request)
+        swap = self.config.preemption_mode == "swap" and not request.is_prefilling
+        if swap and self.block_manager.can_swap_out(request):
+            logger.debug("preempting request %s by swapping", request.request_id)
+            out.blocks_to_swap_out += self.block_manager.swap_out(request)
+            request.status = RequestStatus.SWAPPED
+            request.num_preemptions += 1
+            self.swapped.append(request)
+            return
+        logger.debug("preempting request %s by recompute", request.request_id)
         self.block_manager.free(request)
+        self._requeue_for_recompute(request)
+
+    def _requeue_for_recompute(self, request: Request) -> None:
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.num_preemptions += 1
         self.waiting.appendleft(request)
 
-    def update_from_output(self, scheduler_output: SchedulerOutput,
-                           model_runner_output: ModelRunnerOutput) -> list[Request]:
-        now = time.monotonic()
-        updated = []
-        num_prefills = len(scheduler_output.prefills)
-        for i, scheduled in enumerate(scheduler_output.scheduled):
-            request = self.requests.get(scheduled.request_id)
-            if request is None:  # finished (aborted) after it was scheduled
-                continue
-            request.num_computed_tokens += scheduled.num_tokens
-            token_id = model_runner_output.sampled_token_ids.get(scheduled.request_id)
-            if token_id is None:
-                continue
-            if i < num_prefills:
-                self._record_prefill_end(request, now)
-            request.append_output_token(token_id, now)
-            status = check_stop(request, self.max_model_len)
-            if status is not None:
-                self._finish(request, status)
-            updated.append(request)
-        return updated
-
-    @staticmethod
-    def _record_prefill_end(request: Request, now: float) -> None:
-        request.lifetime.record(LifecycleEvent.PREFILL_END, now)
-        # NOTE: colocated requests decode where they prefilled: no migration in between.
-        if request.lifetime.get(LifecycleEvent.DECODE_BEGIN) is None:
-            request.lifetime.record(LifecycleEvent.DECODE_BEGIN, now)
+    def _ignore(self, request: Request) -> None:
+        request.error = (f"{request.num_tokens} tokens need more KV blocks than the cache has "
+                         f"({self.block_manager.num_blocks})")
+        logger.warning("request %s ignored: %s", request.request_id, request.error)
+        self._finish(request, RequestStatus.FINISHED_IGNORED)

@@ -52,6 +52,7 @@ class Request:
     num_computed_tokens: int = 0  # tokens whose K/V sit in the cache
     block_table: list[int] = field(default_factory=list)  # logical block index -> block id
     num_preemptions: int = 0
+    is_prefilling: bool = False  # admitted (or re-admitted) and no token sampled since
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
     error: str | None = None
     lifetime: Lifetime = field(default_factory=Lifetime)

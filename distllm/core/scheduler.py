@@ -1,5 +1,6 @@
 """The scheduler interface every stage scheduler (colocated, and later prefill / decode) implements,
-with the bookkeeping they share: the waiting queue, the running batch, finishing requests."""
+with the bookkeeping they share: queues, the worker's view of a request, applying sampled tokens,
+finishing requests."""
 from __future__ import annotations
 
 import time
@@ -9,8 +10,34 @@ from collections import deque
 from distllm.config import SchedulerConfig
 from distllm.core.block_manager import BlockManager
 from distllm.core.request_state import Request, RequestStatus
-from distllm.core.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from distllm.core.scheduler_output import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
+from distllm.core.stop_checker import check_stop
 from distllm.request import LifecycleEvent
+
+
+def suppressed_token_ids(request: Request) -> tuple[int, ...]:
+    """Stop tokens the request may not sample yet (it has fewer than min_tokens outputs)."""
+    params = request.sampling_params
+    if request.num_output_tokens >= params.min_tokens:
+        return ()
+    eos = () if params.ignore_eos or request.eos_token_id is None else (request.eos_token_id,)
+    return params.stop_token_ids + eos
+
+
+def scheduled_request(request: Request, num_tokens: int | None = None) -> ScheduledRequest:
+    """The worker's view of a request: the next `num_tokens` tokens not yet in the cache (all of
+    them by default) and its blocks."""
+    start = request.num_computed_tokens
+    end = request.num_tokens if num_tokens is None else start + num_tokens
+    return ScheduledRequest(
+        request_id=request.request_id,
+        token_ids=request.all_token_ids[start:end],
+        num_computed_tokens=start,
+        block_table=list(request.block_table),
+        sampling_params=request.sampling_params,
+        suppressed_token_ids=suppressed_token_ids(request),
+        sample=end == request.num_tokens,
+    )
 
 
 class Scheduler(ABC):
@@ -29,18 +56,35 @@ class Scheduler(ABC):
         self.requests: dict[str, Request] = {}  # request id -> unfinished request
         self.waiting: deque[Request] = deque()  # FCFS; preempted requests go back to the head
         self.running: list[Request] = []  # admission order, oldest first
-        self.swapped: deque[Request] = deque()
+        self.swapped: deque[Request] = deque()  # swap-out order, oldest first
         self._finished_ids: list[str] = []  # finished since the last schedule(), for the worker
 
     @abstractmethod
     def schedule(self) -> SchedulerOutput:
         """Pick this step's batch; allocate, append, swap or preempt blocks to make it fit."""
 
-    @abstractmethod
     def update_from_output(self, scheduler_output: SchedulerOutput,
                            model_runner_output: ModelRunnerOutput) -> list[Request]:
         """Apply the sampled tokens, check stop conditions, free finished requests.
         Returns the requests that got a token this step (finished ones included)."""
+        now = time.monotonic()
+        updated = []
+        for scheduled in scheduler_output.scheduled:
+            request = self.requests.get(scheduled.request_id)
+            if request is None:  # finished (aborted) after it was scheduled
+                continue
+            request.num_computed_tokens += scheduled.num_tokens
+            token_id = model_runner_output.sampled_token_ids.get(scheduled.request_id)
+            if token_id is None:
+                continue
+            if request.is_prefilling:
+                self._record_prefill_end(request, now)
+            request.append_output_token(token_id, now)
+            status = check_stop(request, self.max_model_len)
+            if status is not None:
+                self._finish(request, status)
+            updated.append(request)
+        return updated
 
     def add_request(self, request: Request) -> None:
         if request.request_id in self.requests:
@@ -63,6 +107,20 @@ class Scheduler(ABC):
     @property
     def num_unfinished_requests(self) -> int:
         return len(self.requests)
+
+    def _start_prefill(self, request: Request, now: float) -> None:
+        request.status = RequestStatus.RUNNING
+        request.is_prefilling = True
+        self.running.append(request)
+        request.lifetime.record(LifecycleEvent.PREFILL_BEGIN, now)
+
+    @staticmethod
+    def _record_prefill_end(request: Request, now: float) -> None:
+        request.is_prefilling = False
+        request.lifetime.record(LifecycleEvent.PREFILL_END, now)
+        # NOTE: colocated requests decode where they prefilled: no migration in between.
+        if request.lifetime.get(LifecycleEvent.DECODE_BEGIN) is None:
+            request.lifetime.record(LifecycleEvent.DECODE_BEGIN, now)
 
     def _finish(self, request: Request, status: RequestStatus) -> None:
         assert status.is_finished, status

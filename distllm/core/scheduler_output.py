@@ -11,7 +11,8 @@ from distllm.sampling_params import SamplingParams
 @dataclass
 class ScheduledRequest:
     """One request's share of a step: compute `token_ids` at positions
-    [num_computed_tokens, num_computed_tokens + len(token_ids)), then sample one token."""
+    [num_computed_tokens, num_computed_tokens + len(token_ids)), then sample one token unless
+    this is a prefill chunk that stops short of the request's last token."""
 
     request_id: str
     token_ids: list[int]  # the new tokens whose K/V this step computes and caches
@@ -19,6 +20,7 @@ class ScheduledRequest:
     block_table: list[int]  # logical block index -> device block id; covers every position
     sampling_params: SamplingParams
     suppressed_token_ids: tuple[int, ...] = ()  # never sampled this step (EOS before min_tokens)
+    sample: bool = True  # False for a prefill chunk that does not reach the last token
 
     @property
     def num_tokens(self) -> int:
@@ -27,7 +29,12 @@ class ScheduledRequest:
 
 @dataclass
 class SchedulerOutput:
-    """Everything the worker needs for one forward. Prefills come first in the batch."""
+    """Everything the worker needs for one forward. Prefills come first in the batch.
+
+    NOTE: the worker moves blocks in this order: swap in, swap out, copy, then the forward. The
+    scheduler relies on it: a CPU block freed by a swap-in may be reused by a swap-out, and a
+    device block freed by a swap-out may be reused by a copy or by new tokens of the same step.
+    """
 
     prefills: list[ScheduledRequest] = field(default_factory=list)
     decodes: list[ScheduledRequest] = field(default_factory=list)  # one token each
@@ -53,4 +60,5 @@ class SchedulerOutput:
 class ModelRunnerOutput:
     """What one forward produced."""
 
-    sampled_token_ids: dict[str, int] = field(default_factory=dict)  # request id -> new token
+    # request id -> new token, for every scheduled request with `sample` set
+    sampled_token_ids: dict[str, int] = field(default_factory=dict)

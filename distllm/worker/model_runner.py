@@ -19,7 +19,7 @@ class ModelInputs:
     input_ids: torch.Tensor  # [num_tokens], int64
     positions: torch.Tensor  # [num_tokens], int64
     attn_metadata: AttentionMetadata
-    logits_indices: torch.Tensor  # [num_requests], int64; each request's last token
+    logits_indices: torch.Tensor  # [num_sampled], int64; last token of each sampled request
 
 
 def _pad(rows: list[list[int]]) -> list[list[int]]:
@@ -51,18 +51,20 @@ class ModelRunner:
                       kv_caches: KVCaches) -> ModelRunnerOutput:
         for request_id in scheduler_output.finished_request_ids:
             self._generators.pop(request_id, None)
-        scheduled = scheduler_output.scheduled
-        if not scheduled:
+        if not scheduler_output.has_forward:
             return ModelRunnerOutput()
         inputs = self.prepare_inputs(scheduler_output)
         with forward_batch(inputs.attn_metadata, kv_caches):
             hidden = self.model(inputs.input_ids, inputs.positions)  # [num_tokens, hidden]
-        logits = self.model.compute_logits(hidden[inputs.logits_indices])  # [num_requests, vocab]
+        sampled = [r for r in scheduler_output.scheduled if r.sample]
+        if not sampled:
+            return ModelRunnerOutput()
+        logits = self.model.compute_logits(hidden[inputs.logits_indices])  # [num_sampled, vocab]
         metadata = SamplingMetadata.from_params(
-            [r.sampling_params for r in scheduled], [self._generator(r) for r in scheduled],
-            self.vocab_size, self.device, [r.suppressed_token_ids for r in scheduled])
+            [r.sampling_params for r in sampled], [self._generator(r) for r in sampled],
+            self.vocab_size, self.device, [r.suppressed_token_ids for r in sampled])
         token_ids = self.sampler(logits[:, :self.vocab_size].float(), metadata).tolist()
-        ids = [r.request_id for r in scheduled]
+        ids = [r.request_id for r in sampled]
         return ModelRunnerOutput(dict(zip(ids, token_ids, strict=True)))
 
     def _generator(self, request: ScheduledRequest) -> torch.Generator | None:
@@ -86,7 +88,8 @@ class ModelRunner:
             token_ids += r.token_ids
             positions += range(start, start + r.num_tokens)
             slots += self._slots(r)
-            last.append(len(token_ids) - 1)
+            if r.sample:
+                last.append(len(token_ids) - 1)
         num_prefill_tokens = sum(r.num_tokens for r in prefills)
         meta = AttentionMetadata(
             num_prefills=len(prefills), num_prefill_tokens=num_prefill_tokens,

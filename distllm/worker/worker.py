@@ -55,10 +55,10 @@ class Worker:
                     self.config.cache.block_size, num_swap_blocks)
 
     def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
-        """Move blocks as ordered (swap out, swap in, copy), then run the batch."""
+        """Move blocks as ordered (swap in, swap out, copy), then run the batch."""
         cache = self.cache_engine
         assert cache is not None, "call init_cache first"
-        cache.swap_out(scheduler_output.blocks_to_swap_out)
         cache.swap_in(scheduler_output.blocks_to_swap_in)
+        cache.swap_out(scheduler_output.blocks_to_swap_out)
         cache.copy(scheduler_output.blocks_to_copy)
         return self.runner.execute_model(scheduler_output, cache.device_caches)

@@ -14,9 +14,13 @@ EOS = 2
 
 def create_scheduler(max_num_seqs: int = 16, max_num_batched_tokens: int = 512,
                      num_blocks: int = 64, block_size: int = 4, watermark: float = 0.0,
-                     max_model_len: int = 512, num_swap_blocks: int = 0) -> ColocatedScheduler:
+                     max_model_len: int = 512, num_swap_blocks: int = 0,
+                     enable_chunked_prefill: bool = False,
+                     preemption_mode: str = "recompute") -> ColocatedScheduler:
     config = SchedulerConfig(max_num_seqs=max_num_seqs,
-                             max_num_batched_tokens=max_num_batched_tokens)
+                             max_num_batched_tokens=max_num_batched_tokens,
+                             enable_chunked_prefill=enable_chunked_prefill,
+                             preemption_mode=preemption_mode)
     block_manager = BlockManager(num_blocks, block_size, watermark, num_swap_blocks)
     return ColocatedScheduler(config, block_manager, max_model_len)
 
@@ -31,8 +35,9 @@ def create_requests(num_requests: int, prompt_len: int | list[int] = 8, max_toke
 
 
 def fake_output(scheduler_output: SchedulerOutput, token_id: int = 7) -> ModelRunnerOutput:
-    """One sampled token for every scheduled request."""
-    return ModelRunnerOutput({r.request_id: token_id for r in scheduler_output.scheduled})
+    """One sampled token for every scheduled request that samples."""
+    return ModelRunnerOutput({r.request_id: token_id for r in scheduler_output.scheduled
+                              if r.sample})
 
 
 def run_step(scheduler: Scheduler, token_id: int = 7) -> SchedulerOutput:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from distllm import LLM, SamplingParams
+from distllm.engine.outputs import RequestOutput
 
 PRESETS = ["llama", "llama3", "opt", "opt-350m", "gpt2"]
 PROMPT_LENS = [5, 17, 40, 9, 28, 12]
@@ -50,20 +51,28 @@ def reference(tiny_model_dir):  # noqa: ANN001, ANN201
     return get
 
 
-def _generate(model_dir: Path, prompts: list[list[int]], **engine_kwargs: object) -> tuple:
+def _generate(model_dir: Path, prompts: list[list[int]],
+              **engine_kwargs: object) -> tuple[list[RequestOutput], int]:
+    """Outputs in input order, and how many blocks were swapped out on the way."""
     llm = LLM(model=str(model_dir), **engine_kwargs)
+    swapped_out: list[tuple[int, int]] = []
+    cache = llm.engine.worker.cache_engine
+    swap_out = cache.swap_out
+    cache.swap_out = lambda pairs: (swapped_out.extend(pairs), swap_out(pairs))[1]
     params = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in MAX_TOKENS]
     outputs = llm.generate(prompts, params, use_tqdm=False)
     block_manager = llm.engine.block_manager
     assert block_manager.num_free_blocks == block_manager.num_blocks, "KV blocks leaked"
     assert not llm.engine.has_unfinished_requests()
-    return outputs
+    assert block_manager.num_free_swap_blocks == block_manager.swap.num_blocks
+    return outputs, len(swapped_out)
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_continuous_batching_matches_transformers(preset: str, reference) -> None:  # noqa: ANN001
     model_dir, prompts, expected = reference(preset)
-    outputs = _generate(model_dir, prompts, max_num_seqs=3, block_size=8, num_kv_blocks=128)
+    # 6 requests, at most 3 at a time: requests join and finish mid-run.
+    outputs, _ = _generate(model_dir, prompts, max_num_seqs=3, block_size=8, num_kv_blocks=128)
     assert [o.prompt_token_ids for o in outputs] == prompts
     for out, want in zip(outputs, expected, strict=True):
         assert out.token_ids == want
@@ -75,7 +84,26 @@ def test_continuous_batching_matches_transformers(preset: str, reference) -> Non
 def test_preemption_keeps_outputs_identical(preset: str, reference) -> None:  # noqa: ANN001
     model_dir, prompts, expected = reference(preset)
     # 20 blocks of 4 tokens: the longest request (40 + 12 tokens) fits alone, not all together.
-    outputs = _generate(model_dir, prompts, max_num_seqs=6, block_size=4, num_kv_blocks=20,
-                        watermark=0.0)
+    outputs, _ = _generate(model_dir, prompts, max_num_seqs=6, block_size=4, num_kv_blocks=20,
+                           watermark=0.0)
     assert sum(o.num_preemptions for o in outputs) > 0, "the cache was meant to force preemption"
+    assert [o.token_ids for o in outputs] == expected
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_chunked_prefill_matches_transformers(preset: str, reference) -> None:  # noqa: ANN001
+    model_dir, prompts, expected = reference(preset)
+    # A 16-token budget splits the longer prompts and mixes them with decodes.
+    outputs, _ = _generate(model_dir, prompts, max_num_seqs=4, block_size=4, num_kv_blocks=128,
+                           enable_chunked_prefill=True, max_num_batched_tokens=16)
+    assert [o.token_ids for o in outputs] == expected
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_swap_preemption_keeps_outputs_identical(preset: str, reference) -> None:  # noqa: ANN001
+    model_dir, prompts, expected = reference(preset)
+    outputs, num_swapped = _generate(model_dir, prompts, max_num_seqs=6, block_size=4,
+                                     num_kv_blocks=20, watermark=0.0, preemption_mode="swap",
+                                     swap_space_gb=0.01)
+    assert num_swapped > 0, "the cache was meant to force swapping"
     assert [o.token_ids for o in outputs] == expected
