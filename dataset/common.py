@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,38 +58,57 @@ class DatasetRequest:
 
 
 class TokenCounter:
-    """Thin wrapper over a HF `tokenizers.Tokenizer` (loaded from a local tokenizer.json).
+    """Counts tokens the way the target model's server will.
 
     `encode` adds the model's special tokens (e.g. BOS), as `AutoTokenizer(text).input_ids`
     does in DistServe's preparation script, so lengths match what the server sees."""
 
-    def __init__(self, tokenizer: object, name: str) -> None:
-        self._tok = tokenizer
+    def __init__(
+        self,
+        encode: Callable[[str], list[int]],
+        decode: Callable[[list[int]], str],
+        vocab_size: int,
+        name: str,
+    ) -> None:
+        self._encode, self._decode = encode, decode
+        self.vocab_size = vocab_size
         self.name = name
 
     def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text, add_special_tokens=True).ids)
+        return list(self._encode(text))
 
     def count(self, text: str) -> int:
-        return len(self.encode(text))
+        return len(self._encode(text))
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self._tok.decode(list(ids), skip_special_tokens=True)
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self._tok.get_vocab_size())
+        return self._decode(list(ids))
 
 
 def load_tokenizer(path: str | Path) -> TokenCounter:
-    """Load a tokenizer from a local HF model dir (containing tokenizer.json) or the file itself."""
+    """Load the tokenizer of a local HF model dir (through `distllm.tokenizer.Tokenizer`, which
+    applies the model's special-token rules) or of a bare tokenizer.json file."""
+    p = Path(path)
+    if p.is_dir():
+        from distllm.tokenizer import Tokenizer as ModelTokenizer
+
+        tok = ModelTokenizer.from_pretrained(p)
+        return TokenCounter(
+            lambda t: tok.encode(t, add_special_tokens=True),
+            lambda ids: tok.decode(ids, skip_special_tokens=True),
+            tok.vocab_size,
+            str(path),
+        )
+    if not p.is_file():
+        raise FileNotFoundError(f"no tokenizer at {path!s} (a local HF dir is expected)")
     from tokenizers import Tokenizer
 
-    p = Path(path)
-    file = p / "tokenizer.json" if p.is_dir() else p
-    if not file.is_file():
-        raise FileNotFoundError(f"no tokenizer.json at {path!s} (a local HF dir is expected)")
-    return TokenCounter(Tokenizer.from_file(str(file)), name=str(path))
+    raw = Tokenizer.from_file(str(p))
+    return TokenCounter(
+        lambda t: raw.encode(t, add_special_tokens=True).ids,
+        lambda ids: raw.decode(ids, skip_special_tokens=True),
+        raw.get_vocab_size(),
+        str(path),
+    )
 
 
 def _describe(values: list[int]) -> dict[str, float]:

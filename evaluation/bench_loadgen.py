@@ -90,6 +90,7 @@ def format_table(rows: list[dict]) -> str:
         ("p50 late ms", "p50_lateness_ms", "{:.3f}"),
         ("p99 late ms", "p99_lateness_ms", "{:.3f}"),
         ("max late ms", "max_lateness_ms", "{:.3f}"),
+        ("load 1m", "loadavg_1m", "{:.2f}"),
     ]
     lines = [" ".join(f"{name:>12}" for name, _, _ in cols)]
     lines.append("-" * len(lines[0]))
@@ -98,16 +99,43 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_all(url: str, args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for rate in [float(x) for x in args.rates.split(",")]:
+        for arrival in args.arrivals.split(","):
+            for rep in range(args.repeat):
+                load = os.getloadavg()[0]
+                row = asyncio.run(
+                    measure(
+                        url,
+                        rate,
+                        args.num_requests,
+                        args.output_len,
+                        arrival,
+                        args.seed + rep,
+                        args.spin_ms / 1e3,
+                    )
+                )
+                rows.append({**row, "repeat": rep, "loadavg_1m": load})
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--num-requests", type=int, default=2000)
     p.add_argument("--rates", default="200,500,1000", help="comma-separated req/s")
+    p.add_argument("--arrivals", default="poisson,uniform", help="comma-separated processes")
+    p.add_argument("--repeat", type=int, default=1, help="rounds per (rate, arrival)")
     p.add_argument("--output-len", type=int, default=4, help="tokens per request")
     p.add_argument("--tpot-ms", type=float, default=1.0, help="mock server time per token")
     p.add_argument("--spin-ms", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="loadgen_bench.json")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     port = _free_port()
     proc = mp.get_context("spawn").Process(
         target=_serve, args=(port, args.tpot_ms / 1e3), daemon=True
@@ -115,28 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     proc.start()
     try:
         _wait_ready(port)
-        url = f"http://127.0.0.1:{port}"
-        rows = []
-        for rate in [float(x) for x in args.rates.split(",")]:
-            for arrival in ("poisson", "uniform"):
-                rows.append(
-                    asyncio.run(
-                        measure(
-                            url,
-                            rate,
-                            args.num_requests,
-                            args.output_len,
-                            arrival,
-                            args.seed,
-                            args.spin_ms / 1e3,
-                        )
-                    )
-                )
+        rows = run_all(f"http://127.0.0.1:{port}", args)
     finally:
         proc.terminate()
         proc.join(5)
     sys.stdout.write(format_table(rows) + "\n")
-    info = {"cpus": os.cpu_count(), "loadavg": os.getloadavg(), "args": vars(args)}
+    info = {"cpus": os.cpu_count(), "args": vars(args)}
     Path(args.output).write_text(json.dumps({"env": info, "rows": rows}, indent=2) + "\n")
     sys.stdout.write(f"wrote {args.output}\n")
     return 0

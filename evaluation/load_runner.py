@@ -77,6 +77,49 @@ def _to_record(req: DatasetRequest, sent: float, res: BackendResult, t0: float) 
     )
 
 
+class _Round:
+    """State of one round while it runs (results are filled in as requests finish)."""
+
+    def __init__(
+        self, backend: Backend, reqs: Sequence[DatasetRequest], cfg: RunnerConfig, bar: tqdm
+    ) -> None:
+        n = len(reqs)
+        self.backend, self.reqs, self.cfg, self.bar = backend, reqs, cfg, bar
+        self.records: list[RequestRecord | None] = [None] * n
+        self.results: list[BackendResult | None] = [None] * n
+        self.dispatch = [0.0] * n
+        self.sem = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
+        self.t0 = 0.0
+
+    async def one(self, i: int, session: aiohttp.ClientSession) -> None:
+        self.dispatch[i] = time.perf_counter() - self.t0
+        req = self.reqs[i]
+        breq = BackendRequest(req.prompt, req.prompt_len, req.output_len, self.cfg.ignore_eos)
+        if self.sem is not None:
+            await self.sem.acquire()
+        try:
+            sent = time.perf_counter()
+            res = await self.backend.generate(session, breq)
+        finally:
+            if self.sem is not None:
+                self.sem.release()
+        self.results[i], self.records[i] = res, _to_record(req, sent, res, self.t0)
+        self.bar.update(1)
+
+    async def run(self, sched: list[float]) -> tuple[float, float]:
+        """Dispatch on schedule and wait for all; returns (start_unix, duration_s)."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=self.cfg.request_timeout_s)
+        connector = aiohttp.TCPConnector(limit=self.cfg.max_concurrency or 0)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            start_unix, self.t0 = time.time(), time.perf_counter()
+            tasks = []
+            for i, t in enumerate(sched):
+                await sleep_until(self.t0 + t, self.cfg.spin_s)
+                tasks.append(asyncio.create_task(self.one(i, session)))
+            await asyncio.gather(*tasks)
+            return start_unix, time.perf_counter() - self.t0
+
+
 async def run_round(
     backend: Backend,
     reqs: Sequence[DatasetRequest],
@@ -85,49 +128,19 @@ async def run_round(
     desc: str = "",
 ) -> RoundResult:
     """Send reqs[i] at t0 + schedule[i]; wait for every answer. Failures become error records."""
-    n = len(reqs)
-    if len(schedule) != n:
-        raise ValueError(f"{n} requests but {len(schedule)} scheduled times")
+    if len(schedule) != len(reqs):
+        raise ValueError(f"{len(reqs)} requests but {len(schedule)} scheduled times")
     sched = [float(x) for x in np.asarray(schedule, dtype=float)]
-    records: list[RequestRecord | None] = [None] * n
-    results: list[BackendResult | None] = [None] * n
-    dispatch = [0.0] * n
-    sem = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=cfg.request_timeout_s)
-    connector = aiohttp.TCPConnector(limit=cfg.max_concurrency or 0)
-    bar = tqdm(total=n, desc=desc or None, disable=not cfg.show_progress, leave=False)
-
-    async def one(i: int, session: aiohttp.ClientSession) -> None:
-        dispatch[i] = time.perf_counter() - t0
-        breq = BackendRequest(
-            reqs[i].prompt, reqs[i].prompt_len, reqs[i].output_len, ignore_eos=cfg.ignore_eos
-        )
-        if sem is not None:
-            await sem.acquire()
-        try:
-            sent = time.perf_counter()
-            res = await backend.generate(session, breq)
-        finally:
-            if sem is not None:
-                sem.release()
-        results[i], records[i] = res, _to_record(reqs[i], sent, res, t0)
-        bar.update(1)
-
+    bar = tqdm(total=len(reqs), desc=desc or None, disable=not cfg.show_progress, leave=False)
+    state = _Round(backend, reqs, cfg, bar)
     if cfg.pause_gc:
         gc.collect()
         gc.disable()
     try:
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            start_unix, t0 = time.time(), time.perf_counter()
-            tasks = []
-            for i in range(n):
-                await sleep_until(t0 + sched[i], cfg.spin_s)
-                tasks.append(asyncio.create_task(one(i, session)))
-            await asyncio.gather(*tasks)
-            duration = time.perf_counter() - t0
+        start_unix, duration = await state.run(sched)
     finally:
         bar.close()
         if cfg.pause_gc:
             gc.enable()
             gc.collect()
-    return RoundResult(records, results, sched, dispatch, duration, start_unix)
+    return RoundResult(state.records, state.results, sched, state.dispatch, duration, start_unix)

@@ -81,3 +81,17 @@ def test_ds_refuses_network_and_malformed(tmp_path: Path) -> None:
         check_local_file(local, mounts_file=str(mounts))
     mounts.write_text("/dev/sda1 / ext4 rw 0 0\n")
     assert check_local_file(local, mounts_file=str(mounts)) == local.resolve()
+
+
+def test_tokenizer_from_dir_or_file(tokenizer_dir: Path) -> None:
+    from dataset.common import load_tokenizer
+
+    by_dir, by_file = (
+        load_tokenizer(tokenizer_dir),
+        load_tokenizer(tokenizer_dir / "tokenizer.json"),
+    )
+    text = "the of zzz alpha"
+    assert by_dir.encode(text) == by_file.encode(text) == [1, 2, 3, 0, 22]
+    assert by_dir.decode(by_dir.encode("alpha beta")) == "alpha beta"
+    with pytest.raises(FileNotFoundError):
+        load_tokenizer(tokenizer_dir / "missing")
