@@ -7,7 +7,8 @@
 
 Request times are seconds from the round's start (client clock); `lifecycle_events` carry the
 server's own clock (only differences between them are meaningful). Non-finite numbers are written
-as null so the file is strict JSON.
+as null so the file is strict JSON. This module imports no HTTP client: simulators can use
+`exp_document` / `write_exp` and analysis can use `load_exp` with pure-Python dependencies only.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from distllm.metrics import PERCENTILES, RequestRecord, percentile, summarize
 from distllm.request import Lifetime
-from evaluation.load_runner import RoundResult
+
+if TYPE_CHECKING:
+    from evaluation.load_runner import RoundResult
 
 
 @dataclass
@@ -88,8 +93,30 @@ def build_exp(meta: dict, result: RoundResult, summary: dict) -> dict:
             else len(rec.token_timestamps)
         )
         requests.append(item)
-    full_meta = {**meta, "start_time_unix": result.start_unix, "duration_s": result.duration_s}
+    start_iso = datetime.fromtimestamp(result.start_unix, UTC).isoformat()
+    full_meta = {
+        **meta,
+        "start_time": start_iso,
+        "start_time_unix": result.start_unix,
+        "duration_s": result.duration_s,
+    }
     return _finite({"meta": full_meta, "requests": requests, "summary": summary})
+
+
+def exp_document(
+    meta: dict, records: list[RequestRecord], lifetimes: list[Lifetime] | None, summary: dict
+) -> dict:
+    """A `.exp` dict from plain records (e.g. a simulated run); lifetimes optional."""
+    lifetimes = lifetimes or [Lifetime() for _ in records]
+    requests = [
+        {
+            **rec.to_json(),
+            "lifecycle_events": life.to_json(),
+            "num_output_tokens": len(rec.token_timestamps),
+        }
+        for rec, life in zip(records, lifetimes, strict=True)
+    ]
+    return _finite({"meta": meta, "requests": requests, "summary": summary})
 
 
 def write_exp(path: str | Path, exp: dict) -> Path:

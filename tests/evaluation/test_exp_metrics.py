@@ -91,3 +91,15 @@ def test_load_exp_synthesises_tokens_from_ttft_tpot(tmp_path: Path) -> None:
     rec = load_exp(path).records[0]
     assert rec.ttft == pytest.approx(0.2) and rec.tpot == pytest.approx(0.1)
     assert len(rec.token_timestamps) == 5
+
+
+def test_exp_document_for_simulated_runs(tmp_path: Path) -> None:
+    from distllm.request import Lifetime
+    from evaluation.exp_format import exp_document
+
+    recs = _round().records
+    lives = [Lifetime.from_json(EVENTS)] + [Lifetime() for _ in recs[1:]]
+    doc = exp_document({"backend": "simdist", "rate": 3.0}, recs, lives, {"x": math.nan})
+    run = load_exp(write_exp(tmp_path / "sim.exp", doc))
+    assert run.records == recs and run.summary == {"x": None}
+    assert run.lifetimes[0].get("decode_end") == 10.3 and run.rate == 3.0
