@@ -90,7 +90,8 @@ def search_goodput(task: GoodputTask, profile: LatencyProfile, workload: Workloa
     lo, hi, r = 0.0, None, task.guess_per_gpu
     if attain(r) >= task.target:
         lo = r
-        while hi is None and len(cache) < max_sims:
+        # NOTE: capped at 256x the guess: a run that never saturates has too few requests.
+        while hi is None and r < 256 * task.guess_per_gpu and len(cache) < max_sims:
             r *= 2
             if attain(r) >= task.target:
                 lo = r

@@ -84,11 +84,22 @@ def parallel_configs(profile: LatencyProfile, model: str, max_gpus: int, gpus_pe
     return out
 
 
-def _guess(profile: LatencyProfile, model: str, tp: int, pp: int, wl: Workload) -> float:
-    """Rough per-GPU prefill capacity: one mean-length prompt per batch."""
+def _guess(profile: LatencyProfile, model: str, tp: int, pp: int, wl: Workload,
+           role: str = "prefill", sched: SchedulerSpec = SchedulerSpec()) -> float:
+    """Rough per-GPU capacity (req/s) of one instance, the bisection's starting point:
+    prefill at full token-budget batches, decode at the batch its KV capacity allows."""
+    cost = profile.stage_cost(model, tp, pp)
     mean_l = sum(wl.prompt_lens) / len(wl)
-    t = profile.stage_cost(model, tp, pp).prefill_stage(int(mean_l), int(mean_l * mean_l))
-    return max(0.05, 0.5 / (t * tp * pp))
+    if role == "prefill":
+        per_batch = max(1.0, sched.max_prefill_tokens // max(mean_l, 1))
+        tokens = int(per_batch * mean_l)
+        t = cost.prefill_stage(tokens, int(per_batch * mean_l * mean_l))
+        return max(0.05, 0.8 * per_batch / (t * tp * pp))
+    mean_o = sum(wl.output_lens) / len(wl)
+    ctx = mean_l + mean_o / 2
+    batch = max(1, int(min(sched.max_batch_size, profile.kv_capacity(model, tp, pp) / ctx)))
+    t = cost.decode(batch, int(batch * ctx))
+    return max(0.05, 0.8 * batch / (t * mean_o * tp * pp))
 
 
 def steady_requests(spec: ClusterSpec, profile: LatencyProfile, wl: Workload,
@@ -123,7 +134,8 @@ def search_high(req: PlanRequest, profile: LatencyProfile, wl: Workload,
                    req.ttft_slo_ms, None, _guess(profile, m, tp, pp, wl), profile, wl)
              for tp, pp in cfgs]
     tasks += [_task(f"decode tp{tp} pp{pp}", _one("decode", m, tp, pp, req.sched), req, None,
-                    req.tpot_slo_ms, 1.0, profile, wl) for tp, pp in cfgs]
+                    req.tpot_slo_ms, _guess(profile, m, tp, pp, wl, "decode", req.sched),
+                    profile, wl) for tp, pp in cfgs]
     alone = runner.run(tasks, "high affinity: instances alone")
     top_p = _top([r for r in alone if r.label.startswith("prefill")])
     top_d = _top([r for r in alone if r.label.startswith("decode")])
@@ -156,7 +168,7 @@ def _group(req: PlanRequest, p: GoodputResult,
     for m in range(1, req.num_gpus // gp + 1):
         for n in range(1, (req.num_gpus - m * gp) // gd + 1):
             rate = min(m * rp, n * rd)
-            key = (rate / (m * gp + n * gd), rate)
+            key = (rate / (m * gp + n * gd), -(m * gp + n * gd))  # smallest group on ties
             if best_key is not None and key <= best_key:
                 continue
             insts = pack_nodes([ps] * m + [ds] * n, req.num_nodes, req.gpus_per_node)
@@ -193,7 +205,8 @@ def search_low(req: PlanRequest, profile: LatencyProfile, wl: Workload,
                    req.ttft_slo_ms, None, _guess(profile, m_, tp, pp, wl), profile, wl)
              for tp, pp in cfgs]
     tasks += [_task(f"decode tp{tp} pp{pp}", _one("decode", m_, tp, pp, req.sched), req, None,
-                    req.tpot_slo_ms, 1.0, profile, wl) for tp, pp in cfgs]
+                    req.tpot_slo_ms, _guess(profile, m_, tp, pp, wl, "decode", req.sched),
+                    profile, wl) for tp, pp in cfgs]
     alone = runner.run(tasks, "low affinity: instances alone")
     rp = {c: r.per_gpu_rps * c[0] for c, r in zip(cfgs, alone[:len(cfgs)])}
     rd = {c: r.per_gpu_rps * c[0] for c, r in zip(cfgs, alone[len(cfgs):])}
@@ -228,7 +241,7 @@ def search_colocated(req: PlanRequest, profile: LatencyProfile, wl: Workload,
                                                      req.gpus_per_node, need)
             if pp_max is None or pp <= pp_max]
     tasks = [_task(f"colocated tp{tp} pp{pp}", _one("colocated", req.model, tp, pp, sched), req,
-                   req.ttft_slo_ms, req.tpot_slo_ms, _guess(profile, req.model, tp, pp, wl) / 2,
+                   req.ttft_slo_ms, req.tpot_slo_ms, _colocated_guess(profile, req, tp, pp, wl),
                    profile, wl) for tp, pp in cfgs]
     results = runner.run(tasks, "colocated")
     out = []
@@ -238,6 +251,14 @@ def search_colocated(req: PlanRequest, profile: LatencyProfile, wl: Workload,
                               partial=True) or [])
         out.append(Candidate("colocated", r.label, r, max(reps, 1)))
     return out
+
+
+def _colocated_guess(profile: LatencyProfile, req: PlanRequest, tp: int, pp: int,
+                     wl: Workload) -> float:
+    """Both phases time-share the GPUs: 1 / (1/prefill capacity + 1/decode capacity)."""
+    gp = _guess(profile, req.model, tp, pp, wl)
+    gd = _guess(profile, req.model, tp, pp, wl, "decode", req.sched)
+    return 1.0 / (1.0 / gp + 1.0 / gd)
 
 
 def rank(cands: list[Candidate]) -> list[Candidate]:

@@ -27,8 +27,8 @@ def _allreduce_ms_per_token(m: ModelSpec, hw: HardwareSpec, tp: int) -> float:
 
 def roofline_coeffs(m: ModelSpec, hw: HardwareSpec, tp: int) -> dict:
     """{prefill, decode_small, decode_large, decode_threshold} in ms for one TP degree."""
-    flops = hw.peak_tflops * 1e12 * MFU / tp
-    hbm = hw.hbm_gb_s * 1e9 * MBU / tp
+    flops = hw.peak_tflops * 1e12 * MFU * tp  # aggregate over the TP group
+    hbm = hw.hbm_gb_s * 1e9 * MBU * tp
     comm = _allreduce_ms_per_token(m, hw, tp)
     prefill_b = 2 * m.num_params / flops * 1e3 + comm
     # causal attention: QK^T and PV, 2 FLOPs per MAC, half the l x l square
