@@ -7,6 +7,7 @@ import argparse
 import ast
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from evaluation.arrivals import ARRIVAL_PROCESSES
@@ -94,7 +95,7 @@ def _rate(x: object) -> float:
     return float(x)
 
 
-def _positive(kind: type) -> callable:
+def _positive(kind: type) -> Callable[[str], float]:
     def conv(text: str) -> float:
         value = kind(_rate(text)) if kind is float else kind(text)
         if not value > 0:
