@@ -17,9 +17,14 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dataset.common import DatasetRequest, TokenCounter, load_tokenizer, write_dataset
 
