@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from distllm.placement import load_placement, save_placement
+from distllm.placement import load_placement
 from simdist.cluster import ClusterSpec, InstanceSpec, SchedulerSpec, simulate
 from simdist.hardware import HARDWARE, get_model, resolve_model_name
 from simdist.placement_pack import pack_nodes

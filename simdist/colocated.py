@@ -22,7 +22,8 @@ from simdist.sim_request import SimRequest
 if TYPE_CHECKING:
     from simdist.cluster import Cluster
 
-_PB, _PE, _DB = LifecycleEvent.PREFILL_BEGIN, LifecycleEvent.PREFILL_END, LifecycleEvent.DECODE_BEGIN
+_PB, _PE = LifecycleEvent.PREFILL_BEGIN, LifecycleEvent.PREFILL_END
+_DB = LifecycleEvent.DECODE_BEGIN
 _STEP_END = EventKind.STEP_END
 
 

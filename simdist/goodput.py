@@ -61,7 +61,7 @@ def zero_load_attainment(task: GoodputTask, profile: LatencyProfile,
     tpot_max = float("inf") if task.tpot_slo_ms is None else task.tpot_slo_ms * 1e-3
     has_prefill = inst.role != "decode"
     ok = miss_ttft = miss_tpot = 0
-    for p, o in zip(wl.prompt_lens[:n], wl.output_lens[:n]):
+    for p, o in zip(wl.prompt_lens[:n], wl.output_lens[:n], strict=True):
         if has_prefill and cost.prefill_stage(p, p * p) * cost.pp > ttft_max:
             miss_ttft += 1
         elif o > 1 and inst.role != "prefill" and cost.decode(1, p) > tpot_max:

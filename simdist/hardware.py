@@ -23,7 +23,7 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
-            raise ValueError(f"{self.name}: heads must divide hidden size and kv heads divide heads")
+            raise ValueError(f"{self.name}: heads must divide hidden size, kv heads the heads")
 
     @property
     def head_dim(self) -> int:

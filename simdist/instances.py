@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 _PB, _PE = LifecycleEvent.PREFILL_BEGIN, LifecycleEvent.PREFILL_END
 _MB, _ME = LifecycleEvent.MIGRATION_BEGIN, LifecycleEvent.MIGRATION_END
 _DB = LifecycleEvent.DECODE_BEGIN
-_STEP_END, _XFER_END, _STAGE_FREE = EventKind.STEP_END, EventKind.TRANSFER_END, EventKind.STAGE_FREE
+_STEP_END, _XFER_END = EventKind.STEP_END, EventKind.TRANSFER_END
+_STAGE_FREE = EventKind.STAGE_FREE
 
 
 class PrefillInstance:
@@ -32,7 +33,8 @@ class PrefillInstance:
     def __init__(self, name: str, index: int, sim: Simulator, cost: StageCost, capacity: int,
                  max_tokens: int, cluster: Cluster, node: int, gpus: tuple[int, ...]) -> None:
         self.name, self.index, self.sim, self.cost = name, index, sim, cost
-        self.capacity, self.max_tokens, self.pp, self.cluster = capacity, max_tokens, cost.pp, cluster
+        self.capacity, self.max_tokens, self.cluster = capacity, max_tokens, cluster
+        self.pp = cost.pp
         self.node, self.gpus = node, gpus
         self.waiting: deque[SimRequest] = deque()
         self.queued_tokens = 0  # prompt tokens waiting (routing load)

@@ -85,10 +85,11 @@ def parallel_configs(profile: LatencyProfile, model: str, max_gpus: int, gpus_pe
 
 
 def _guess(profile: LatencyProfile, model: str, tp: int, pp: int, wl: Workload,
-           role: str = "prefill", sched: SchedulerSpec = SchedulerSpec()) -> float:
+           role: str = "prefill", sched: SchedulerSpec | None = None) -> float:
     """Rough per-GPU capacity (req/s) of one instance, the bisection's starting point:
     prefill at full token-budget batches, decode at the batch its KV capacity allows."""
     cost = profile.stage_cost(model, tp, pp)
+    sched = sched or SchedulerSpec()
     mean_l = sum(wl.prompt_lens) / len(wl)
     if role == "prefill":
         per_batch = max(1.0, sched.max_prefill_tokens // max(mean_l, 1))
@@ -127,7 +128,7 @@ def _one(role: str, model: str, tp: int, pp: int, sched: SchedulerSpec) -> Clust
 
 def search_high(req: PlanRequest, profile: LatencyProfile, wl: Workload,
                 runner: TaskRunner) -> list[Candidate]:
-    need = max(p + o for p, o in zip(wl.prompt_lens, wl.output_lens))
+    need = max(p + o for p, o in zip(wl.prompt_lens, wl.output_lens, strict=True))
     cfgs = parallel_configs(profile, req.model, req.num_gpus, req.gpus_per_node, need)
     m = req.model
     tasks = [_task(f"prefill tp{tp} pp{pp}", _one("prefill", m, tp, pp, req.sched), req,
@@ -149,7 +150,7 @@ def search_high(req: PlanRequest, profile: LatencyProfile, wl: Workload,
                               guess, profile, wl))
             reps.append(n)
     results = runner.run(full, "high affinity: M:N groups")
-    return [Candidate("disaggregated", r.label, r, n) for r, n in zip(results, reps)]
+    return [Candidate("disaggregated", r.label, r, n) for r, n in zip(results, reps, strict=True)]
 
 
 def _top(results: list[GoodputResult]) -> list[GoodputResult]:
@@ -196,7 +197,7 @@ def search_low(req: PlanRequest, profile: LatencyProfile, wl: Workload,
     """Per pp_cross: instance goodputs alone (TP only inside a node), then the node segments
     (m prefill + n decode fitting a node) with the best estimated per-GPU rate get a
     full-system search."""
-    need = max(p + o for p, o in zip(wl.prompt_lens, wl.output_lens))
+    need = max(p + o for p, o in zip(wl.prompt_lens, wl.output_lens, strict=True))
     tps = [tp for tp in profile.tps(req.model) if tp <= req.gpus_per_node]
     cfgs = [(tp, pp) for pp in range(1, req.num_nodes + 1) for tp in tps
             if profile.kv_capacity(req.model, tp, pp) >= need]
@@ -208,8 +209,8 @@ def search_low(req: PlanRequest, profile: LatencyProfile, wl: Workload,
                     req.tpot_slo_ms, _guess(profile, m_, tp, pp, wl, "decode", req.sched),
                     profile, wl) for tp, pp in cfgs]
     alone = runner.run(tasks, "low affinity: instances alone")
-    rp = {c: r.per_gpu_rps * c[0] for c, r in zip(cfgs, alone[:len(cfgs)])}
-    rd = {c: r.per_gpu_rps * c[0] for c, r in zip(cfgs, alone[len(cfgs):])}
+    rp = {c: r.per_gpu_rps * c[0] for c, r in zip(cfgs, alone[:len(cfgs)], strict=True)}
+    rd = {c: r.per_gpu_rps * c[0] for c, r in zip(cfgs, alone[len(cfgs):], strict=True)}
     est = []
     g = req.gpus_per_node
     for (tp_p, pp), (tp_d, pp_d) in itertools.product(cfgs, cfgs):
@@ -230,13 +231,13 @@ def search_low(req: PlanRequest, profile: LatencyProfile, wl: Workload,
         units.append((pp, req.num_nodes // pp))
     results = runner.run(full, "low affinity: node segments")
     return [Candidate("disaggregated", r.label, r, reps, pp)
-            for r, (pp, reps) in zip(results, units)]
+            for r, (pp, reps) in zip(results, units, strict=True)]
 
 
 def search_colocated(req: PlanRequest, profile: LatencyProfile, wl: Workload,
                      runner: TaskRunner, pp_max: int | None = None) -> list[Candidate]:
     sched = req.colocated_sched or req.sched
-    need = max(p + o for p, o in zip(wl.prompt_lens, wl.output_lens))
+    need = max(p + o for p, o in zip(wl.prompt_lens, wl.output_lens, strict=True))
     cfgs = [(tp, pp) for tp, pp in parallel_configs(profile, req.model, req.num_gpus,
                                                      req.gpus_per_node, need)
             if pp_max is None or pp <= pp_max]

@@ -41,7 +41,7 @@ class SimResult:
         ttft, tpot = self.ttft_tpot()
         a = math.inf if ttft_slo_ms is None else ttft_slo_ms * 1e-3
         b = math.inf if tpot_slo_ms is None else tpot_slo_ms * 1e-3
-        ok = sum(1 for x, y in zip(ttft, tpot) if x <= a and y <= b and x != math.inf)
+        ok = sum(1 for x, y in zip(ttft, tpot, strict=True) if x <= a and y <= b and x != math.inf)
         return ok / len(self.requests)
 
     def percentiles_ms(self) -> dict[str, float]:
@@ -79,7 +79,7 @@ class SimResult:
                tpot_slo_ms: float | None = None) -> dict:
         """{"meta", "requests", "summary"}; each request adds `lifecycle_events`."""
         reqs = []
-        for r, rec in zip(self.requests, self.records()):
+        for r, rec in zip(self.requests, self.records(), strict=True):
             d = rec.to_json()
             d["lifecycle_events"] = r.lifetime().to_json()
             reqs.append(d)

@@ -41,7 +41,8 @@ def roofline_coeffs(m: ModelSpec, hw: HardwareSpec, tp: int) -> dict:
             "decode_large": list(decode), "decode_threshold": 95}
 
 
-def roofline_profile(models: list[str], hardware: str, tps: tuple[int, ...] = TPS) -> LatencyProfile:
+def roofline_profile(models: list[str], hardware: str,
+                     tps: tuple[int, ...] = TPS) -> LatencyProfile:
     """A profile for `models` on `hardware` at the TP degrees that divide the head count."""
     hw = get_hardware(hardware)
     out = {}

@@ -23,7 +23,7 @@ def toy_profile(capacity: int = 100_000, prefill: dict | None = None,
 
 def fixed_workload(prompts: list[int], outputs: list[int], arrivals: list[float]) -> Workload:
     """Arrivals at the given times when run at rate 1 (unit gaps = differences)."""
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])] + [1.0]
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)] + [1.0]
     assert arrivals[0] == 0.0
     return Workload(tuple(prompts), tuple(outputs), tuple(gaps), None, "toy", "fixed")
 

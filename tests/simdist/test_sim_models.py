@@ -18,10 +18,10 @@ def test_shipped_profile_matches_importer() -> None:
     shipped = load_profile("distserve-a100")
     cost = shipped.stage_cost("opt-13b", 2)
     # DistServe prefill TP2 = [14.74.., 0.0686.., 2.45e-6] ms, plus 2 ms + 1e-4 ms/token + 1 ms
-    l = 1000
-    want = (14.742973695171262 + 0.06857720739764 * l + 2.4495727400243586e-06 * l * l
-            + 2.0 + 1e-4 * l + 1.0) * 1e-3
-    assert cost.prefill_stage(l, l * l) == pytest.approx(want, rel=1e-12)
+    n = 1000
+    want = (14.742973695171262 + 0.06857720739764 * n + 2.4495727400243586e-06 * n * n
+            + 2.0 + 1e-4 * n + 1.0) * 1e-3
+    assert cost.prefill_stage(n, n * n) == pytest.approx(want, rel=1e-12)
     assert shipped.kv_capacity("facebook/opt-13b", 1, 1) == 66144
     assert shipped.kv_bytes_per_token("opt-13b") == 2 * 40 * 5120 * 2
     try:
@@ -67,10 +67,10 @@ def test_model_zoo_dims() -> None:
 def test_roofline_is_monotone_in_tp_and_hardware() -> None:
     a100 = roofline_profile(["llama-2-13b"], "a100-80g")
     h100 = roofline_profile(["llama-2-13b"], "h100-80g")
-    l = 1024
-    t = {tp: a100.stage_cost("llama-2-13b", tp).prefill_stage(l, l * l) for tp in (1, 2, 4)}
+    n = 1024
+    t = {tp: a100.stage_cost("llama-2-13b", tp).prefill_stage(n, n * n) for tp in (1, 2, 4)}
     assert t[1] > t[2] > t[4]
-    assert h100.stage_cost("llama-2-13b", 1).prefill_stage(l, l * l) < t[1]
+    assert h100.stage_cost("llama-2-13b", 1).prefill_stage(n, n * n) < t[1]
     d = [a100.stage_cost("llama-2-13b", 1).decode(b, b * 1000) for b in (1, 16, 64)]
     assert d == sorted(d)
     assert a100.kv_capacity("llama-2-13b", 1) > 0
@@ -83,7 +83,8 @@ def test_presets_fit_context_and_are_seeded(preset: str) -> None:
     a = make_workload(preset, 500, seed=1)
     assert a == make_workload(preset, 500, seed=1)
     assert a != make_workload(preset, 500, seed=2)
-    assert all(p + o <= 2048 and p >= 1 and o >= 1 for p, o in zip(a.prompt_lens, a.output_lens))
+    lens = zip(a.prompt_lens, a.output_lens, strict=True)
+    assert all(p + o <= 2048 and p >= 1 and o >= 1 for p, o in lens)
     mean_p = sum(a.prompt_lens) / len(a)
     assert 0.5 * PRESETS[preset][0] < mean_p < 1.3 * PRESETS[preset][0]
 

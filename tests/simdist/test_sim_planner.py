@@ -6,8 +6,7 @@ import pytest
 
 from simdist.cluster import ClusterSpec, InstanceSpec, simulate
 from simdist.goodput import GoodputResult, GoodputTask, search_goodput
-from simdist.planner import (PlanRequest, _group, rank, search_colocated, search_high,
-                             search_low)
+from simdist.planner import PlanRequest, _group, rank, search_colocated, search_high, search_low
 from simdist.profile import load_profile
 from simdist.runner import TaskRunner
 from simdist.workload import make_workload
