@@ -24,6 +24,50 @@ namespace DISTLLM_ISA {
 namespace {
 
 constexpr int kTile = 32;  // key positions per tile
+#if defined(__AVX512F__)
+#define DISTLLM_VEC 16  // floats per SIMD register of this ISA level
+#elif defined(__AVX2__)
+#define DISTLLM_VEC 8
+#else
+#define DISTLLM_VEC 4
+#endif
+constexpr int kVec = DISTLLM_VEC;
+
+// GCC vector extensions: portable SIMD that lowers to the -m flags of this translation unit.
+typedef float vfloat __attribute__((vector_size(kVec * 4)));
+typedef float vfloat_unaligned __attribute__((vector_size(kVec * 4), aligned(4)));
+
+inline vfloat vload(const float* p) { return *reinterpret_cast<const vfloat_unaligned*>(p); }
+inline void vstore(float* p, vfloat v) { *reinterpret_cast<vfloat_unaligned*>(p) = v; }
+
+typedef float v4float __attribute__((vector_size(16)));
+typedef float v4float_unaligned __attribute__((vector_size(16), aligned(4)));
+
+// Folds the lanes of v into 4 partial sums (tree order).
+inline v4float fold4(vfloat v) {
+#if DISTLLM_VEC == 16
+  typedef float v8float __attribute__((vector_size(32)));
+  const v8float h8 = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                     __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  return __builtin_shufflevector(h8, h8, 0, 1, 2, 3) + __builtin_shufflevector(h8, h8, 4, 5, 6, 7);
+#elif DISTLLM_VEC == 8
+  return __builtin_shufflevector(v, v, 0, 1, 2, 3) + __builtin_shufflevector(v, v, 4, 5, 6, 7);
+#else
+  return v;
+#endif
+}
+
+// out[i] = sum of the lanes of a_i, by a 4x4 transpose-and-add.
+inline void hsum4(vfloat a0, vfloat a1, vfloat a2, vfloat a3, float* out) {
+  const v4float b0 = fold4(a0), b1 = fold4(a1), b2 = fold4(a2), b3 = fold4(a3);
+  const v4float u0 = __builtin_shufflevector(b0, b1, 0, 4, 1, 5) +
+                     __builtin_shufflevector(b0, b1, 2, 6, 3, 7);
+  const v4float u1 = __builtin_shufflevector(b2, b3, 0, 4, 1, 5) +
+                     __builtin_shufflevector(b2, b3, 2, 6, 3, 7);
+  const v4float w = __builtin_shufflevector(u0, u1, 0, 1, 4, 5) +
+                    __builtin_shufflevector(u0, u1, 2, 3, 6, 7);
+  *reinterpret_cast<v4float_unaligned*>(out) = w;
+}
 constexpr float kNegInf = -__builtin_inff();
 
 inline float bits_to_float(uint32_t u) {
@@ -111,18 +155,69 @@ void init_rows(Scratch& sc, int64_t R, int64_t D) {
   memset(sc.acc, 0, sizeof(float) * R * D);
 }
 
-// Scores of row r against the tile's first n key rows: s[r, t] = <q[r], k[t]>.
+// Scores of row r against the tile's first n key rows: s[r, t] = <q[r], k[t]>. Four keys per
+// pass share the loads of q and give four independent FMA chains.
 template <int kD>
 void tile_scores_row(Scratch& sc, int64_t r, int64_t d_rt, int n) {
   const int64_t D = kD ? kD : d_rt;
-  const float* q = sc.q + r * D;
+  const float* __restrict q = sc.q + r * D;
   float* s = sc.s + r * kTile;
-  for (int t = 0; t < n; ++t) {
-    const float* k = sc.krow[t];
+  int t = 0;
+  if constexpr (kD != 0) {
+    for (; t + 4 <= n; t += 4) {
+      const float* k0 = sc.krow[t];
+      const float* k1 = sc.krow[t + 1];
+      const float* k2 = sc.krow[t + 2];
+      const float* k3 = sc.krow[t + 3];
+      vfloat a0 = {}, a1 = {}, a2 = {}, a3 = {};
+#pragma GCC unroll 32
+      for (int c = 0; c < kD; c += kVec) {
+        const vfloat qv = vload(q + c);
+        a0 += qv * vload(k0 + c);
+        a1 += qv * vload(k1 + c);
+        a2 += qv * vload(k2 + c);
+        a3 += qv * vload(k3 + c);
+      }
+      hsum4(a0, a1, a2, a3, s + t);
+    }
+  }
+  for (; t < n; ++t) {
+    const float* __restrict k = sc.krow[t];
     float dot = 0.0f;
 #pragma omp simd reduction(+ : dot)
     for (int64_t d = 0; d < D; ++d) dot += q[d] * k[d];
     s[t] = dot;
+  }
+}
+
+// a[0, D) += sum_t p[t] * v[t][0, D); for a known D the accumulator stays in registers.
+template <int kD>
+void pv_row(float* __restrict a, const float* __restrict p, const float* const* vrow, int n,
+            int64_t d_rt) {
+  if constexpr (kD != 0) {
+    constexpr int kChunks = kD / kVec;
+    constexpr int kGroup = kChunks % 8 == 0 ? 8 : 4;
+    static_assert(kD % (4 * kVec) == 0, "head_dim must be a multiple of 4 vectors");
+    for (int c0 = 0; c0 < kChunks; c0 += kGroup) {
+      vfloat acc[kGroup];
+#pragma GCC unroll 8
+      for (int j = 0; j < kGroup; ++j) acc[j] = vload(a + (c0 + j) * kVec);
+      for (int t = 0; t < n; ++t) {
+        const float pt = p[t];
+        const float* v = vrow[t] + c0 * kVec;
+#pragma GCC unroll 8
+        for (int j = 0; j < kGroup; ++j) acc[j] += pt * vload(v + j * kVec);
+      }
+#pragma GCC unroll 8
+      for (int j = 0; j < kGroup; ++j) vstore(a + (c0 + j) * kVec, acc[j]);
+    }
+  } else {
+    for (int t = 0; t < n; ++t) {
+      const float pt = p[t];
+      const float* __restrict v = vrow[t];
+#pragma omp simd
+      for (int64_t d = 0; d < d_rt; ++d) a[d] += pt * v[d];
+    }
   }
 }
 
@@ -132,6 +227,7 @@ void tile_softmax_row(Scratch& sc, int64_t r, int64_t d_rt, int n_ok) {
   const int64_t D = kD ? kD : d_rt;
   float* s = sc.s + r * kTile;
   float mx = sc.m[r];
+#pragma omp simd reduction(max : mx)
   for (int t = 0; t < n_ok; ++t) mx = fmax2(mx, s[t]);
   const float corr = fast_exp(sc.m[r] - mx);
   float sum = 0.0f;
@@ -159,14 +255,7 @@ void tile_update(Scratch& sc, int64_t R, int64_t d_rt, int T, int64_t p0) {
     if (n_ok == 0) continue;
     tile_scores_row<kD>(sc, r, d_rt, n_ok);
     tile_softmax_row<kD>(sc, r, d_rt, n_ok);
-    const float* p = sc.s + r * kTile;
-    float* a = sc.acc + r * D;
-    for (int t = 0; t < n_ok; ++t) {
-      const float pt = p[t];
-      const float* v = sc.vrow[t];
-#pragma omp simd
-      for (int64_t d = 0; d < D; ++d) a[d] += pt * v[d];
-    }
+    pv_row<kD>(sc.acc + r * D, sc.s + r * kTile, sc.vrow, n_ok, d_rt);
   }
 }
 
@@ -211,12 +300,34 @@ void load_paged_tile(Scratch& sc, const PagedKV& kv, const int32_t* table, int64
   }
 }
 
+// Prefetches (into L2) the K/V rows of the tile at p0: blocks are scattered, so the hardware
+// prefetcher cannot run ahead across block boundaries.
+template <typename E>
+void prefetch_paged_tile(const PagedKV& kv, const int32_t* table, int64_t h, int64_t p0,
+                         int64_t end, int64_t D) {
+  const int64_t last = imin(p0 + kTile, end);
+  const int64_t row_bytes = D * static_cast<int64_t>(sizeof(E));
+  for (int64_t pos = p0; pos < last;) {
+    const int64_t blk = table[pos / kv.block_size], off = pos % kv.block_size;
+    const int64_t rows = imin(kv.block_size - off, last - pos);
+    const int64_t start = ((blk * kv.num_kv_heads + h) * kv.block_size + off) * row_bytes;
+    const char* k = static_cast<const char*>(kv.key_cache) + start;
+    const char* v = static_cast<const char*>(kv.value_cache) + start;
+    for (int64_t b = 0; b < rows * row_bytes; b += 64) {
+      __builtin_prefetch(k + b, 0, 2);
+      __builtin_prefetch(v + b, 0, 2);
+    }
+    pos += rows;
+  }
+}
+
 // Runs the rows in `sc` over cached positions [begin, end) of one sequence's paged KV.
 template <int kD, typename E>
 void attend_paged(Scratch& sc, int64_t R, int64_t D, const PagedKV& kv, const int32_t* table,
                   int64_t h, int64_t begin, int64_t end) {
   for (int64_t p0 = begin; p0 < end; p0 += kTile) {
     const int n = static_cast<int>(imin(kTile, end - p0));
+    if (p0 + kTile < end) prefetch_paged_tile<E>(kv, table, h, p0 + kTile, end, D);
     load_paged_tile<E>(sc, kv, table, h, p0, n, D);
     tile_update<kD>(sc, R, D, n, p0);
   }
