@@ -6,7 +6,6 @@ per-GPU rate, and vs SLO scale at a fixed rate. Writes ablation.json and ablatio
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from dataclasses import replace
@@ -15,8 +14,15 @@ from pathlib import Path
 from simdist.cli import add_common_args, build_common
 from simdist.cluster import simulate
 from simdist.hardware import resolve_model_name
-from simdist.planner import (Candidate, PlanRequest, rank, search_colocated, search_high,
-                             search_low, steady_requests)
+from simdist.planner import (
+    Candidate,
+    PlanRequest,
+    rank,
+    search_colocated,
+    search_high,
+    search_low,
+    steady_requests,
+)
 from simdist.results import write_exp
 from simdist.runner import TaskRunner
 
@@ -74,7 +80,8 @@ def curves(systems: dict[str, Candidate | None], req: PlanRequest, profile, wl  
         res = simulate(spec, profile, wl, best * spec.num_gpus, None, n)
         scale = [res.attainment(req.ttft_slo_ms * s, req.tpot_slo_ms * s) for s in SLO_SCALES]
         out[name] = {"config": cand.label, "replicas": cand.replicas,
-                     "gpus_per_group": spec.num_gpus, "per_gpu_goodput_rps": cand.result.per_gpu_rps,
+                     "gpus_per_group": spec.num_gpus,
+                     "per_gpu_goodput_rps": cand.result.per_gpu_rps,
                      "rates_per_gpu": rates, "attainment_vs_rate": att,
                      "slo_scales": list(SLO_SCALES), "attainment_vs_slo_scale": scale,
                      "rate_for_slo_scale": best}

@@ -79,3 +79,18 @@ def test_bad_flags_name_the_flag(argv: list[str], flag: str, capsys) -> None:
         main(argv)
     assert e.value.code == 2
     assert flag in capsys.readouterr().err
+
+
+def test_ablation_writes_json_and_png(tmp_path) -> None:
+    rc = main(["ablation", "--model", "opt-13b", "--num-nodes", "1", "--gpus-per-node", "4",
+               "--ttft-slo-ms", "200", "--tpot-slo-ms", "100", "--max-requests", "600",
+               "--workload", "humaneval", "--no-progress", "--output-dir", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "ablation.json").read_text())
+    assert set(data["systems"]) == {"DistServe-High", "DistServe-Low", "vLLM++", "vLLM",
+                                    "Chunked-prefill"}
+    for d in data["systems"].values():
+        if d["config"] is not None:
+            att = d["attainment_vs_rate"]
+            assert len(att) == len(d["rates_per_gpu"]) and att[0] >= att[-1]
+    assert (tmp_path / "ablation.png").stat().st_size > 1000
