@@ -6,6 +6,7 @@ near-monotone function of rate and bisection converges to DistServe's goodput de
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from simdist.cluster import ClusterSpec, simulate
@@ -87,24 +88,7 @@ def search_goodput(task: GoodputTask, profile: LatencyProfile, workload: Workloa
         cache[rate] = (res.attainment(task.ttft_slo_ms, task.tpot_slo_ms), res)
         return cache[rate][0]
 
-    lo, hi, r = 0.0, None, task.guess_per_gpu
-    if attain(r) >= task.target:
-        lo = r
-        # NOTE: capped at 256x the guess: a run that never saturates has too few requests.
-        while hi is None and r < 256 * task.guess_per_gpu and len(cache) < max_sims:
-            r *= 2
-            if attain(r) >= task.target:
-                lo = r
-            else:
-                hi = r
-    else:
-        hi = r
-        while lo == 0.0 and r > task.guess_per_gpu / 64 and len(cache) < max_sims:
-            r /= 2
-            if attain(r) >= task.target:
-                lo = r
-            else:
-                hi = r
+    lo, hi = _bracket(task, attain, lambda: len(cache) < max_sims)
     while hi is not None and lo > 0 and hi - lo > task.rel_tol * hi and len(cache) < max_sims:
         mid = (lo + hi) / 2
         if attain(mid) >= task.target:
@@ -112,6 +96,28 @@ def search_goodput(task: GoodputTask, profile: LatencyProfile, workload: Workloa
         else:
             hi = mid
     return _result(task, lo, hi, cache)
+
+
+def _bracket(task: GoodputTask, attain: Callable[[float], float],
+             budget_left: Callable[[], bool]) -> tuple[float, float | None]:
+    """(highest passing rate or 0, lowest failing rate or None) by doubling / halving."""
+    target, r = task.target, task.guess_per_gpu
+    if attain(r) < target:
+        hi = r
+        while r > task.guess_per_gpu / 64 and budget_left():
+            r /= 2
+            if attain(r) >= target:
+                return r, hi
+            hi = r
+        return 0.0, hi
+    lo = r
+    # NOTE: capped at 256x the guess: a run that never saturates has too few requests.
+    while r < 256 * task.guess_per_gpu and budget_left():
+        r *= 2
+        if attain(r) < target:
+            return lo, r
+        lo = r
+    return lo, None
 
 
 def _result(task: GoodputTask, lo: float, hi: float | None,

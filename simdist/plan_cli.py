@@ -4,12 +4,20 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 
 from distllm.placement import save_placement
 from simdist.cli import add_common_args, build_common
 from simdist.hardware import resolve_model_name
 from simdist.plan_report import format_table, to_placement, verdict
-from simdist.planner import PlanRequest, rank, search_colocated, search_high, search_low
+from simdist.planner import (
+    Candidate,
+    PlanRequest,
+    rank,
+    search_colocated,
+    search_high,
+    search_low,
+)
 from simdist.runner import TaskRunner
 
 
@@ -37,55 +45,64 @@ def _parser() -> argparse.ArgumentParser:
 def plan_main(argv: list[str] | None = None) -> int:
     p = _parser()
     ns = p.parse_args(argv)
-    if ns.ttft_slo_ms is None or ns.tpot_slo_ms is None:
-        p.error("--ttft-slo-ms and --tpot-slo-ms are required")
-    target = ns.attainment / 100 if ns.attainment > 1 else ns.attainment
-    if ns.affinity is None:
-        ns.affinity = "low" if ns.num_nodes == 1 else "high"
-    chunk, ns.chunk_tokens = ns.chunk_tokens, None
-    min_requests, ns.num_requests = ns.num_requests, max(ns.num_requests, ns.max_requests)
-    profile, pname, wl, sched = build_common(p, ns)
-    try:
-        req = PlanRequest(resolve_model_name(ns.model), ns.num_nodes, ns.gpus_per_node,
-                          ns.ttft_slo_ms, ns.tpot_slo_ms, target, ns.affinity, ns.mode, sched,
-                          None if chunk is None else _chunked(sched, chunk), min_requests)
-        runner = TaskRunner(profile, wl, ns.jobs, ns.ray_address, not ns.no_progress)
-    except ValueError as e:
-        p.error(str(e))
+    req, profile, pname, wl, runner = _build(p, ns)
     t0 = time.perf_counter()
     disagg, coloc = [], []
     try:
         if ns.mode in ("disaggregated", "both"):
-            search = search_high if ns.affinity == "high" else search_low
+            search = search_high if req.affinity == "high" else search_low
             disagg = rank(search(req, profile, wl, runner))
         if ns.mode in ("colocated", "both"):
             coloc = rank(search_colocated(req, profile, wl, runner))
     finally:
         runner.close()
-    out = sys.stdout
-    for title, cands in (("disaggregated", disagg), ("colocated", coloc)):
-        if cands:
-            out.write(f"\n{title} ({ns.affinity} affinity)\n" if title == "disaggregated"
-                      else f"\n{title}\n")
-            out.write(format_table(cands) + "\n")
-    best_d, best_c = (disagg or [None])[0], (coloc or [None])[0]
-    if best_d is not None and best_c is not None:
-        out.write("\n" + verdict(best_d, best_c) + "\n")
-    best = max((c for c in (best_d, best_c) if c is not None), key=lambda c: c.cluster_rps,
-               default=None)
-    if best is None or best.cluster_rps <= 0:
+    best, other = _report(disagg, coloc, req.affinity)
+    if best is None:
         sys.stderr.write("no configuration meets the SLO target at any rate; relax the SLOs\n")
         return 1
-    other = best_c if best is best_d else best_d
-    workload = {"dataset": ns.workload, "num_requests": min_requests, "arrival": ns.arrival,
-                "seed": ns.seed}
+    workload = {"dataset": ns.workload, "num_requests": req.min_requests,
+                "arrival": ns.arrival, "seed": ns.seed}
     save_placement(to_placement(best, req, ns.hardware, workload, pname, other), ns.output)
-    out.write(f"\nwrote {ns.output} ({best.kind}: {best.label}); "
-              f"search took {time.perf_counter() - t0:.2f} s\n")
+    sys.stdout.write(f"\nwrote {ns.output} ({best.kind}: {best.label}); "
+                     f"search took {time.perf_counter() - t0:.2f} s\n")
     return 0
 
 
-def _chunked(sched, chunk: int):  # noqa: ANN001, ANN202
-    from dataclasses import replace
+def _build(p: argparse.ArgumentParser, ns: argparse.Namespace):  # noqa: ANN202
+    """(PlanRequest, profile, profile name, workload, runner), or a parser error."""
+    if ns.ttft_slo_ms is None or ns.tpot_slo_ms is None:
+        p.error("--ttft-slo-ms and --tpot-slo-ms are required")
+    target = ns.attainment / 100 if ns.attainment > 1 else ns.attainment
+    affinity = ns.affinity or ("low" if ns.num_nodes == 1 else "high")
+    chunk, ns.chunk_tokens = ns.chunk_tokens, None
+    min_requests, ns.num_requests = ns.num_requests, max(ns.num_requests, ns.max_requests)
+    profile, pname, wl, sched = build_common(p, ns)
+    try:
+        coloc = None if chunk is None else replace(sched, chunk_tokens=chunk)
+        req = PlanRequest(resolve_model_name(ns.model), ns.num_nodes, ns.gpus_per_node,
+                          ns.ttft_slo_ms, ns.tpot_slo_ms, target, affinity, ns.mode, sched,
+                          coloc, min_requests)
+        runner = TaskRunner(profile, wl, ns.jobs, ns.ray_address, not ns.no_progress)
+    except ValueError as e:
+        p.error(str(e))
+    return req, profile, pname, wl, runner
 
-    return replace(sched, chunk_tokens=chunk)
+
+def _report(disagg: list[Candidate], coloc: list[Candidate],
+            affinity: str) -> tuple[Candidate | None, Candidate | None]:
+    """Print the tables and the verdict; returns (best plan, best of the other mode)."""
+    out = sys.stdout
+    if disagg:
+        out.write(f"\ndisaggregated ({affinity} affinity)\n{format_table(disagg)}\n")
+    if coloc:
+        out.write(f"\ncolocated\n{format_table(coloc)}\n")
+    best_d, best_c = (disagg or [None])[0], (coloc or [None])[0]
+    if best_d is not None and best_c is not None:
+        out.write("\n" + verdict(best_d, best_c) + "\n")
+    cands = [c for c in (best_d, best_c) if c is not None and c.result.per_gpu_rps > 0]
+    if not cands:
+        return None, None
+    best = max(cands, key=lambda c: (c.result.per_gpu_rps, c.cluster_rps))
+    return best, (best_c if best is best_d else best_d)
+
+

@@ -23,18 +23,19 @@ def format_table(cands: list[Candidate], limit: int = 15) -> str:
 
 
 def verdict(best_disagg: Candidate | None, best_coloc: Candidate | None) -> str:
+    """Whether to disaggregate, by per-GPU goodput (the planner's objective)."""
     if best_disagg is None or best_coloc is None:
         return ""
-    d, c = best_disagg.cluster_rps, best_coloc.cluster_rps
+    d, c = best_disagg.result.per_gpu_rps, best_coloc.result.per_gpu_rps
+    detail = (f"{d:.3f} vs {c:.3f} rps/GPU; cluster {best_disagg.cluster_rps:.2f} vs "
+              f"{best_coloc.cluster_rps:.2f} rps")
     if c <= 0 and d <= 0:
         return "Neither mode meets the SLO target at any rate on this cluster."
     if c <= 0:
-        return f"Disaggregate: colocated never meets the target; disaggregated serves {d:.2f} rps."
-    ratio = d / c
-    if ratio >= 1:
-        return (f"Disaggregate: {d:.2f} vs {c:.2f} rps cluster goodput ({ratio:.2f}x the best "
-                "colocated plan).")
-    return f"Stay colocated: {c:.2f} vs {d:.2f} rps ({1 / ratio:.2f}x the best disaggregated)."
+        return f"Disaggregate: colocated never meets the target ({detail})."
+    if d >= c:
+        return f"Disaggregate: {d / c:.2f}x the per-GPU goodput of colocated ({detail})."
+    return f"Stay colocated: {c / max(d, 1e-12):.2f}x the per-GPU goodput ({detail})."
 
 
 def _stage(c: Candidate, role: str) -> StagePlacement:
@@ -55,9 +56,9 @@ def to_placement(best: Candidate, req: PlanRequest, hardware: str, workload: dic
                  "p90_tpot_ms": _num(r.p90_tpot_ms), "binding_slo": r.binding or None,
                  "num_gpus_used": best.num_gpus}
     if other is not None:
-        predicted[f"{other.kind}_cluster_goodput_rps"] = _num(other.cluster_rps)
-        if other.cluster_rps > 0:
-            predicted[f"gain_vs_{other.kind}"] = _num(best.cluster_rps / other.cluster_rps)
+        predicted[f"{other.kind}_per_gpu_goodput_rps"] = _num(other.result.per_gpu_rps)
+        if other.result.per_gpu_rps > 0:
+            predicted[f"gain_vs_{other.kind}"] = _num(r.per_gpu_rps / other.result.per_gpu_rps)
     kw = {}
     if best.kind == "disaggregated":
         kw = {"prefill": _stage(best, "prefill"), "decode": _stage(best, "decode")}

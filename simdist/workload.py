@@ -7,6 +7,7 @@ the same requests in the same order at every rate (common random numbers).
 from __future__ import annotations
 
 import json
+import marshal
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,13 @@ def preset_lengths(name: str, n: int, rng: np.random.Generator,
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of a dataset JSONL; each needs integer prompt_len and output_len."""
+    """Rows of a dataset JSONL; each needs integer prompt_len and output_len. DistServe's `.ds`
+    files (marshal of {"dataset_name", "reqs": [(prompt, prompt_len, output_len)]}) also work."""
+    if str(path).endswith(".ds"):
+        with open(path, "rb") as f:
+            data = marshal.load(f)
+        return [{"prompt": p, "prompt_len": int(pl), "output_len": int(ol)}
+                for p, pl, ol in data["reqs"]]
     rows = []
     with open(path) as f:
         for i, line in enumerate(f, 1):

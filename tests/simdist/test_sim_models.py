@@ -115,3 +115,12 @@ def test_jsonl_workload_and_trace(tmp_path) -> None:
     path.write_text('{"prompt": "x", "prompt_len": "10", "output_len": 5}\n')
     with pytest.raises(ValueError, match="prompt_len"):
         make_workload(str(path), 1)
+
+
+def test_distserve_ds_file(tmp_path) -> None:
+    import marshal
+
+    path = tmp_path / "sharegpt.ds"
+    path.write_bytes(marshal.dumps({"dataset_name": "x", "reqs": [("hi", 7, 3), ("yo", 9, 4)]}))
+    wl = make_workload(str(path), 6, seed=0)
+    assert set(wl.prompt_lens) <= {7, 9} and len(wl) == 6
