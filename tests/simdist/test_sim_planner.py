@@ -88,3 +88,18 @@ def test_colocated_search_ranks_feasible_configs() -> None:
     cands = rank(search_colocated(req, prof, wl, TaskRunner(prof, wl, progress=False)))
     assert cands[0].result.per_gpu_rps >= cands[-1].result.per_gpu_rps
     assert all(c.num_gpus <= 4 for c in cands)
+
+
+def test_parallel_runner_matches_serial() -> None:
+    prof = _toy_for_planner()
+    wl = make_workload("humaneval", 300, seed=0)
+    tasks = [GoodputTask(f"p{tp}", ClusterSpec("toy", (InstanceSpec("prefill", tp),)), 200, None,
+                         0.9, 5.0) for tp in (1, 2, 4)]
+    serial = TaskRunner(prof, wl, 1, progress=False).run(tasks, "serial")
+    pool = TaskRunner(prof, wl, 2, progress=False)
+    try:
+        parallel = pool.run(tasks, "parallel")
+    finally:
+        pool.close()
+    assert [r.per_gpu_rps for r in serial] == [r.per_gpu_rps for r in parallel]
+    assert [r.label for r in parallel] == ["p1", "p2", "p4"]
