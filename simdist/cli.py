@@ -94,16 +94,25 @@ def _simulate_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _stages(ns: argparse.Namespace) -> list[InstanceSpec]:
+def _stages(ns: argparse.Namespace) -> list[InstanceSpec] | None:
+    """The instances, placed on nodes (None when they do not fit)."""
     if ns.placement is not None:
         pl = load_placement(ns.placement)
-        ns.num_nodes, ns.gpus_per_node = pl.num_nodes, pl.gpus_per_node
+        ns.num_nodes, ns.gpus_per_node, ns.model = pl.num_nodes, pl.gpus_per_node, pl.model
+        if pl.hardware in HARDWARE:
+            ns.hardware = pl.hardware
         roles = ("prefill", "decode") if pl.mode == "disaggregated" else ("colocated",)
         stages = [(r, getattr(pl, r)) for r in roles]
-        return [InstanceSpec(r, s.tp, s.pp) for r, s in stages for _ in range(s.instances)]
+        insts = [InstanceSpec(r, s.tp, s.pp) for r, s in stages for _ in range(s.instances)]
+        if pl.mode == "disaggregated" and pl.affinity == "low":
+            # NOTE: low affinity keeps each prefill/decode stage pair inside one node, so every
+            # KV transfer is NVLink; the simulator only needs them on a common node.
+            return insts
+        return pack_nodes(insts, ns.num_nodes, ns.gpus_per_node)
     roles = ("prefill", "decode") if ns.mode == "disaggregated" else ("colocated",)
-    return [InstanceSpec(r, getattr(ns, f"{r}_tp"), getattr(ns, f"{r}_pp"))
-            for r in roles for _ in range(getattr(ns, f"num_{r}"))]
+    insts = [InstanceSpec(r, getattr(ns, f"{r}_tp"), getattr(ns, f"{r}_pp"))
+             for r in roles for _ in range(getattr(ns, f"num_{r}"))]
+    return pack_nodes(insts, ns.num_nodes, ns.gpus_per_node)
 
 
 def simulate_main(argv: list[str] | None = None) -> int:
@@ -112,7 +121,7 @@ def simulate_main(argv: list[str] | None = None) -> int:
     if ns.rate is None and ns.arrival != "trace":
         p.error("--rate is required unless --arrival trace")
     try:
-        insts = pack_nodes(_stages(ns), ns.num_nodes, ns.gpus_per_node)
+        insts = _stages(ns)
     except (ValueError, FileNotFoundError) as e:
         p.error(f"--placement/--*-tp/--*-pp/--num-*: {e}")
     if insts is None:
