@@ -38,7 +38,7 @@ class RequestStatus(enum.Enum):
         return self.value if self.is_finished else None
 
 
-@dataclass
+@dataclass(eq=False)  # NOTE: identity semantics; queues remove requests by identity
 class Request:
     """One request as the scheduler tracks it. Token ids = prompt + output so far."""
 
