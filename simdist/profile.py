@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from simdist.hardware import HARDWARE, MODELS, resolve_model_name
 
+logger = logging.getLogger(__name__)
 FORMAT = "distllm-profile-v1"
+FALLBACK_INTERCONNECT = {"nvlink_gb_s": 10.0, "network_gb_s": 1.0}
 PROFILE_DIR = Path(__file__).parent / "profiles"
 # Shipped profiles by short name (files under simdist/profiles/).
 SHIPPED = {"distserve-a100": "a100-80g.distserve.json", "vllm-a100": "a100-80g.vllm.json"}
@@ -114,7 +117,10 @@ class LatencyProfile:
             return float(self.interconnect[key])
         hw = HARDWARE.get(self.hardware)
         if hw is None:
-            raise KeyError(f"profile has no {key} and hardware {self.hardware!r} is unknown")
+            # e.g. a profile measured on CPU workers (gloo): assume modest links
+            logger.warning("profile has no %s for hardware %r; assuming %s GB/s", key,
+                           self.hardware, FALLBACK_INTERCONNECT[key])
+            return FALLBACK_INTERCONNECT[key]
         return float(getattr(hw, key))
 
     def to_dict(self) -> dict:
