@@ -1,5 +1,6 @@
 """Engine-side per-request output state: incremental detokenization, stop strings (trimmed from
-the text), and the RequestOutput of each step."""
+the text; while a request runs, text that could begin a stop string is held back so a streaming
+client never sees part of one), and the RequestOutput of each step."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,8 +16,9 @@ class _OutputState:
     request: Request
     prompt: str | None
     detokenizer: IncrementalDetokenizer
-    text: str = ""
+    text: str = ""  # output text so far, stop string trimmed
     num_processed_tokens: int = 0  # output tokens already detokenized
+    num_sent_chars: int = 0  # characters of `text` already returned as `new_text`
 
 
 def find_stop_string(text: str, new_len: int, stops: tuple[str, ...]) -> tuple[int, str] | None:
@@ -67,31 +69,39 @@ class OutputProcessor:
         state.text += new_text
         stop = find_stop_string(state.text, len(new_text), request.sampling_params.stop)
         if stop is not None:
-            new_text = self._apply_stop(state, stop, len(new_text), scheduler)
-        return self._output(state, new_text)
+            self._apply_stop(state, stop, scheduler)
+        return self._output(state)
 
-    def _apply_stop(self, state: _OutputState, stop: tuple[int, str], new_len: int,
-                    scheduler: Scheduler) -> str:
+    def _apply_stop(self, state: _OutputState, stop: tuple[int, str],
+                    scheduler: Scheduler) -> None:
         index, stop_str = stop
         request = state.request
         include = request.sampling_params.include_stop_str_in_output
-        keep = index + len(stop_str) if include else index
-        old_len = len(state.text) - new_len
-        state.text = state.text[:keep]
+        state.text = state.text[:index + len(stop_str) if include else index]
         request.stop_reason = stop_str
         if request.is_finished:
             request.status = RequestStatus.FINISHED_STOPPED
         else:
             scheduler.finish_requests(request.request_id, RequestStatus.FINISHED_STOPPED)
-        return state.text[old_len:]
 
-    def _output(self, state: _OutputState, new_text: str) -> RequestOutput:
+    def _deliverable_text(self, state: _OutputState) -> str:
+        """The text that may reach the client: while running, the tail that could still be the
+        start of a stop string is held back."""
+        stops = state.request.sampling_params.stop
+        if state.request.is_finished or not stops:
+            return state.text
+        hold = max(len(s) for s in stops) - 1
+        return state.text[:max(state.num_sent_chars, len(state.text) - hold)]
+
+    def _output(self, state: _OutputState) -> RequestOutput:
         request = state.request
         if request.is_finished:
             del self._states[request.request_id]
+        text = self._deliverable_text(state)
+        new_text, state.num_sent_chars = text[state.num_sent_chars:], len(text)
         return RequestOutput(
             request_id=request.request_id, prompt=state.prompt,
-            prompt_token_ids=request.prompt_token_ids, text=state.text,
+            prompt_token_ids=request.prompt_token_ids, text=text,
             token_ids=list(request.output_token_ids), finished=request.is_finished,
             finish_reason=request.status.finish_reason, stop_reason=request.stop_reason,
             new_text=new_text, error=request.error, num_preemptions=request.num_preemptions,

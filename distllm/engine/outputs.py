@@ -14,7 +14,7 @@ class RequestOutput:
     request_id: str
     prompt: str | None
     prompt_token_ids: list[int]
-    text: str  # output text so far (stop string trimmed)
+    text: str  # output text so far: the concatenated `new_text`s (stop string trimmed)
     token_ids: list[int]  # output token ids so far
     finished: bool = False
     finish_reason: str | None = None  # stop | length | abort | ignored

@@ -65,3 +65,20 @@ def test_outputs_come_back_in_input_order(llm: LLM) -> None:
 def test_too_long_prompt_is_rejected(llm: LLM) -> None:
     with pytest.raises(ValueError, match="max_model_len"):
         llm.generate([[5] * 10_000], _greedy(), use_tqdm=False)
+
+
+def test_streamed_deltas_never_show_part_of_the_stop_string(llm: LLM) -> None:
+    (full,) = llm.generate(PROMPT, _greedy(), use_tqdm=False)
+    stop = full.text[len(full.text) // 2:len(full.text) // 2 + 4]
+    engine = llm.engine
+    engine.add_request("stream", PROMPT, _greedy(stop=[stop]))
+    stop_index = full.text.index(stop)
+    deltas, final = [], None
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            deltas.append(out.new_text)
+            assert out.text == "".join(deltas)
+            assert full.text.startswith(out.text)
+            assert len(out.text) <= stop_index  # not even the stop string's first characters
+            final = out
+    assert final is not None and final.finished and final.text == full.text[:stop_index]
