@@ -187,7 +187,8 @@ class Cluster:
 
 
 def _queued(inst: PrefillInstance) -> int:
-    return inst.queued_tokens
+    """Prefill load: prompt tokens waiting plus KV held (running batch and unmigrated)."""
+    return inst.queued_tokens + inst.kv_used
 
 
 def _load(inst: DecodeInstance | ColocatedInstance) -> int:

@@ -127,3 +127,14 @@ def test_pipeline_prefill_overlaps_batches() -> None:
     r0, r1 = simulate(spec, prof, wl, 1.0).requests
     # stage = 20 ms / 2; r1 enters stage 1 when r0 moves to stage 2
     assert (r0.first_token, r1.first_token) == (A(0.020), A(0.030))
+
+
+def test_least_loaded_routing_spreads_requests(toy) -> None:
+    wl = fixed_workload([100, 100, 100], [5, 5, 5], [0.0, 0.001, 0.002])
+    spec = ClusterSpec("toy", (InstanceSpec("prefill"), InstanceSpec("prefill"),
+                               InstanceSpec("decode"), InstanceSpec("decode")))
+    r0, r1, r2 = simulate(spec, toy, wl, 1.0).requests
+    # r1 goes to the idle second prefill instance: both first tokens 20 ms after arrival
+    assert (r0.first_token, r1.first_token) == (A(0.020), A(0.021))
+    assert r2.first_token == A(0.040)  # both busy: the one freeing first (index 0) wins
+    assert r0.segments[0][0] is not r1.segments[0][0]  # different decode instances
