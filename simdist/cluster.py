@@ -98,7 +98,8 @@ class Cluster:
         self.prefills: list[PrefillInstance] = []
         self.decodes: list[DecodeInstance] = []
         self.colocated: list[ColocatedInstance] = []
-        self.links: dict[tuple, Link] = {}  # (kind, src, dst) -> link
+        # (prefill index, decode index) or ("net", src node, dst node) -> link
+        self.links: dict[tuple, Link] = {}
         self.kv_bytes = profile.kv_bytes_per_token(spec.model)
         self.num_finished = 0
         used: dict[int, int] = {}  # node -> GPUs handed out
@@ -142,6 +143,10 @@ class Cluster:
             inst = min(entry, key=_load)
         if self.decode_only:
             r.first_token = self.sim.now  # prefilled elsewhere at arrival
+            if r.remaining == 0:  # its only token came from that prefill
+                r.last_token = r.first_token
+                self.finish(r)
+                return
         inst.enqueue(r)
 
     def on_prefilled(self, r: SimRequest, src: PrefillInstance) -> None:

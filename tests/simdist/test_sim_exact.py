@@ -117,6 +117,12 @@ def test_decode_only_and_prefill_only_runs(toy) -> None:
     assert dec.ttft_tpot() == ([0.0, 0.0], [A(0.0065), A(0.0095)])
     pre = simulate(ClusterSpec("toy", (InstanceSpec("prefill"),)), toy, wl, 1.0)
     assert pre.ttft_tpot()[0] == [A(0.020), A(0.040)]
+    one = fixed_workload([100, 100], [1, 2], [0.0, 0.0])  # single-token outputs finish at once
+    for role in ("decode", "prefill", "colocated"):
+        res = simulate(ClusterSpec("toy", (InstanceSpec(role),)), toy, one, 1.0)
+        assert all(r.last_token >= 0 and r.error is None for r in res.requests), role
+    res = simulate(_disagg(), toy, one, 1.0)
+    assert [len(r.token_timestamps()) for r in res.requests] == [1, 2]
 
 
 def test_pipeline_prefill_overlaps_batches() -> None:
