@@ -75,3 +75,11 @@ class LLMEngine:
     @property
     def num_unfinished_requests(self) -> int:
         return self.scheduler.num_unfinished_requests
+
+    def stats(self) -> dict[str, int]:
+        """Queue lengths and KV block usage right now (for logs and metrics endpoints)."""
+        s, bm = self.scheduler, self.block_manager
+        return {"num_running": len(s.running), "num_waiting": len(s.waiting),
+                "num_swapped": len(s.swapped), "num_blocks": bm.num_blocks,
+                "num_free_blocks": bm.num_free_blocks,
+                "num_free_swap_blocks": bm.num_free_swap_blocks}

@@ -38,6 +38,7 @@ def test_abort_frees_blocks_and_reports_the_request(llm: LLM) -> None:
     engine.add_request("drop", "Good morning", params)
     engine.step()
     engine.step()
+    assert engine.stats()["num_running"] == 2
     engine.abort_request("drop")
     outputs = {o.request_id: o for o in engine.step()}
     assert outputs["drop"].finished and outputs["drop"].finish_reason == "abort"
@@ -46,6 +47,9 @@ def test_abort_frees_blocks_and_reports_the_request(llm: LLM) -> None:
         done = [o for o in engine.step() if o.finished]
     assert done[0].request_id == "keep" and len(done[0].token_ids) == 50
     assert _free(llm)
+    stats = engine.stats()
+    assert stats["num_running"] == stats["num_waiting"] == 0
+    assert stats["num_free_blocks"] == stats["num_blocks"]
 
 
 def test_request_output_converts_to_a_metrics_record(llm: LLM) -> None:
