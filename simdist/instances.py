@@ -157,22 +157,26 @@ class DecodeInstance:
             self._start()
 
     def _start(self) -> None:
-        now, b = self.sim.now, self.batch
-        for r in self.arrived:
-            r.log.append((_DB, now))
-            self.reserved -= r.ctx
-            b.join(r)
-        self.incoming -= len(self.arrived)
-        self.arrived.clear()
-        extra = self._readmit(now)
+        """Begin one decode iteration: join migrated requests, rejoin preempted ones, preempt
+        (LIFO) while the KV growth of this iteration would not fit."""
+        sim, b = self.sim, self.batch
+        now = sim.now
+        if self.arrived:
+            for r in self.arrived:
+                r.log.append((_DB, now))
+                self.reserved -= r.ctx
+                b.join(r)
+            self.incoming -= len(self.arrived)
+            self.arrived.clear()
+        extra = self._readmit(now) if self.recompute else 0.0
         while b.size and b.sum_ctx + b.size + self.reserved > self.capacity:
             self.recompute.appendleft(b.evict_last())
         if b.size == 0:
             self.busy = False
             return
         self.busy = True
-        dt = self.cost.decode(b.size, b.sum_ctx) + extra
-        self.sim.schedule(now + dt, _STEP_END, self._on_step_end)
+        sim.schedule(now + self.cost.decode(b.size, b.sum_ctx) + extra, _STEP_END,
+                     self._on_step_end)
 
     def _readmit(self, now: float) -> float:
         """Rejoin preempted requests that fit; their KV is recomputed inside the iteration."""
