@@ -49,10 +49,13 @@ def native_isa() -> str | None:
 
 
 def _on_cpu(*tensors: torch.Tensor | None) -> bool:
-    return all(t is None or t.device.type == "cpu" for t in tensors)
+    # NOTE: `is_cpu` is ~5x cheaper than `device.type`; this runs per layer per step.
+    return all(t is None or t.is_cpu for t in tensors)
 
 
 def _i32(t: torch.Tensor) -> torch.Tensor:
+    if t.dtype == torch.int32 and t.is_contiguous():
+        return t
     return t.to(torch.int32).contiguous()
 
 
