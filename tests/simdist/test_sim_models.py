@@ -124,3 +124,22 @@ def test_distserve_ds_file(tmp_path) -> None:
     path.write_bytes(marshal.dumps({"dataset_name": "x", "reqs": [("hi", 7, 3), ("yo", 9, 4)]}))
     wl = make_workload(str(path), 6, seed=0)
     assert set(wl.prompt_lens) <= {7, 9} and len(wl) == 6
+
+
+def test_profile_fit_recovers_coefficients() -> None:
+    from simdist.profile_fit import profile_entry
+
+    rng = np.random.default_rng(0)
+    pre, dec = [], []
+    for _ in range(40):
+        ls = rng.integers(16, 2048, rng.integers(1, 6)).tolist()
+        pre.append((ls, 12.0 + 0.05 * sum(ls) + 3e-6 * sum(x * x for x in ls)))
+        b = int(rng.integers(1, 256))
+        c = int(b * rng.integers(100, 1500))
+        dec.append((b, c, (9.0 + 2e-4 * c + 0.04 * b) if b < 95 else (7.0 + 1e-4 * c + 0.1 * b)))
+    entry = profile_entry(pre, dec)
+    assert entry["prefill"] == pytest.approx([12.0, 0.05, 3e-6], rel=1e-6)
+    assert entry["decode_small"] == pytest.approx([9.0, 2e-4, 0.04], rel=1e-6)
+    assert entry["decode_large"] == pytest.approx([7.0, 1e-4, 0.1], rel=1e-6)
+    with pytest.raises(ValueError, match="prefill"):
+        profile_entry(pre[:2], dec)

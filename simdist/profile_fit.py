@@ -1,0 +1,52 @@
+"""Fits profile coefficients from measured iteration times (for `distllm profile`): least
+squares of `prefill_ms = a + b*sum(l) + c*sum(l^2)` and, per batch regime,
+`decode_ms = a + b*sum(ctx) + c*batch`. The result drops into a LatencyProfile's `tp` table.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _lstsq(rows: list[list[float]], ys: list[float], what: str) -> list[float]:
+    if len(rows) < 3:
+        raise ValueError(f"fit {what}: need >= 3 samples, got {len(rows)}")
+    coef, *_ = np.linalg.lstsq(np.asarray(rows, dtype=np.float64),
+                               np.asarray(ys, dtype=np.float64), rcond=None)
+    return [float(x) for x in coef]
+
+
+def fit_prefill(samples: Sequence[tuple[Sequence[int], float]]) -> list[float]:
+    """[a, b, c] from (prompt lengths of a batch, iteration ms) samples."""
+    rows = [[1.0, float(sum(ls)), float(sum(x * x for x in ls))] for ls, _ in samples]
+    return _lstsq(rows, [ms for _, ms in samples], "prefill")
+
+
+def fit_decode(samples: Sequence[tuple[int, int, float]], threshold: int = 95
+               ) -> dict[str, list[float] | int]:
+    """{decode_small, decode_large, decode_threshold} from (batch, sum ctx, ms) samples; a
+    regime with too few samples reuses the other's fit."""
+    small = [s for s in samples if s[0] < threshold]
+    large = [s for s in samples if s[0] >= threshold]
+
+    def fit(ss: Sequence[tuple[int, int, float]], what: str) -> list[float]:
+        return _lstsq([[1.0, float(c), float(b)] for b, c, _ in ss], [ms for *_, ms in ss],
+                      what)
+
+    fits = {}
+    for name, ss in (("decode_small", small), ("decode_large", large)):
+        if len(ss) >= 3:
+            fits[name] = fit(ss, name)
+    if not fits:
+        raise ValueError("fit decode: need >= 3 samples in at least one batch regime")
+    fits.setdefault("decode_small", fits.get("decode_large"))
+    fits.setdefault("decode_large", fits["decode_small"])
+    return {**fits, "decode_threshold": threshold}
+
+
+def profile_entry(prefill_samples: Sequence[tuple[Sequence[int], float]],
+                  decode_samples: Sequence[tuple[int, int, float]],
+                  threshold: int = 95) -> dict:
+    """One `tp` entry of a profile: {prefill, decode_small, decode_large, decode_threshold}."""
+    return {"prefill": fit_prefill(prefill_samples), **fit_decode(decode_samples, threshold)}
