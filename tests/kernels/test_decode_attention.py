@@ -49,8 +49,9 @@ def test_decode_matches_reference(
 
 @pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_decode_every_isa_and_dtype(isa: str, dtype: torch.dtype) -> None:
-    query, kv, lens, scale = _decode_case([5, 33, 97], 128, 2, 4, 16, dtype, seed=1)
+@pytest.mark.parametrize("group", [4, 8, 16])  # dot path (< 8 rows) and rows path (8, 16 lanes)
+def test_decode_every_isa_and_dtype(isa: str, dtype: torch.dtype, group: int) -> None:
+    query, kv, lens, scale = _decode_case([5, 33, 97], 128, 2, group, 16, dtype, seed=1)
     expected = reference.paged_decode_attention(
         query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale
     )
@@ -80,8 +81,9 @@ def test_decode_long_context_split_path(num_splits: int) -> None:
     assert_close(out, expected)
 
 
-def test_decode_odd_head_dim_and_out_argument() -> None:
-    query, kv, lens, scale = _decode_case([3, 40], 80, 3, 2, 16, torch.bfloat16, seed=3)
+@pytest.mark.parametrize("group", [2, 8])
+def test_decode_odd_head_dim_and_out_argument(group: int) -> None:
+    query, kv, lens, scale = _decode_case([3, 40], 80, 3, group, 16, torch.bfloat16, seed=3)
     expected = reference.paged_decode_attention(
         query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale
     )

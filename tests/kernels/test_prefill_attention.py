@@ -103,3 +103,9 @@ def test_prefill_strided_inputs_bf16_out_of_fp32_query() -> None:
     out = torch.empty(expected.shape, dtype=torch.bfloat16)
     ops.prefill_attention(*args, out=out)
     assert_close(out, expected.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("group", [1, 8])
+def test_prefill_generic_head_dim(group: int) -> None:
+    case = _prefill_case([19, 40], [7, 0], 80, 2, group, 16, torch.float32, seed=4)
+    assert_close(ops.prefill_attention(**case), reference.prefill_attention(**case))
