@@ -100,20 +100,21 @@ def search_goodput(task: GoodputTask, profile: LatencyProfile, workload: Workloa
 
 def _bracket(task: GoodputTask, attain: Callable[[float], float],
              budget_left: Callable[[], bool]) -> tuple[float, float | None]:
-    """(highest passing rate or 0, lowest failing rate or None) by doubling / halving."""
-    target, r = task.target, task.guess_per_gpu
+    """(highest passing rate or 0, lowest failing rate or None). Steps away from the guess
+    by a factor starting at 1.25 and squaring each time, so a good guess brackets tightly."""
+    target, guess, r, f = task.target, task.guess_per_gpu, task.guess_per_gpu, 1.25
     if attain(r) < target:
         hi = r
-        while r > task.guess_per_gpu / 64 and budget_left():
-            r /= 2
+        while r > guess / 64 and budget_left():
+            r, f = r / f, f * f
             if attain(r) >= target:
                 return r, hi
             hi = r
         return 0.0, hi
     lo = r
     # NOTE: capped at 256x the guess: a run that never saturates has too few requests.
-    while r < 256 * task.guess_per_gpu and budget_left():
-        r *= 2
+    while r < 256 * guess and budget_left():
+        r, f = r * f, f * f
         if attain(r) < target:
             return lo, r
         lo = r

@@ -145,7 +145,7 @@ def search_high(req: PlanRequest, profile: LatencyProfile, wl: Workload,
         group = _group(req, p, d)
         if group is not None:
             spec, n = group
-            guess = min(p.per_gpu_rps, d.per_gpu_rps)
+            guess = _group_rate(spec, p, d) / spec.num_gpus
             full.append(_task(_pair_label(spec), spec, req, req.ttft_slo_ms, req.tpot_slo_ms,
                               guess, profile, wl))
             reps.append(n)
@@ -185,6 +185,13 @@ def _group(req: PlanRequest, p: GoodputResult,
     return ClusterSpec(req.model, tuple(insts), req.sched), reps
 
 
+def _group_rate(spec: ClusterSpec, p: GoodputResult, d: GoodputResult) -> float:
+    """min(M * prefill instance rate, N * decode instance rate) from the searches alone."""
+    roles = [i.role for i in spec.instances]
+    return min(roles.count("prefill") * p.per_gpu_rps * p.num_gpus,
+               roles.count("decode") * d.per_gpu_rps * d.num_gpus)
+
+
 def _pair_label(spec: ClusterSpec) -> str:
     p = [i for i in spec.instances if i.role == "prefill"]
     d = [i for i in spec.instances if i.role == "decode"]
@@ -209,8 +216,9 @@ def search_low(req: PlanRequest, profile: LatencyProfile, wl: Workload,
                     req.tpot_slo_ms, _guess(profile, m_, tp, pp, wl, "decode", req.sched),
                     profile, wl) for tp, pp in cfgs]
     alone = runner.run(tasks, "low affinity: instances alone")
-    rp = {c: r.per_gpu_rps * c[0] for c, r in zip(cfgs, alone[:len(cfgs)], strict=True)}
-    rd = {c: r.per_gpu_rps * c[0] for c, r in zip(cfgs, alone[len(cfgs):], strict=True)}
+    # (tp, pp) -> rate of one instance
+    rp = {c: r.per_gpu_rps * c[0] * c[1] for c, r in zip(cfgs, alone[:len(cfgs)], strict=True)}
+    rd = {c: r.per_gpu_rps * c[0] * c[1] for c, r in zip(cfgs, alone[len(cfgs):], strict=True)}
     est = []
     g = req.gpus_per_node
     for (tp_p, pp), (tp_d, pp_d) in itertools.product(cfgs, cfgs):
@@ -222,10 +230,9 @@ def search_low(req: PlanRequest, profile: LatencyProfile, wl: Workload,
                 est.append((rate / (pp * (m * tp_p + n * tp_d)), rate, tp_p, tp_d, m, n, pp))
     est.sort(reverse=True)
     full, units = [], []
-    for _, _, tp_p, tp_d, m, n, pp in est[:TOP_K + 1]:
+    for guess, _, tp_p, tp_d, m, n, pp in est[:TOP_K + 1]:
         insts = [InstanceSpec("prefill", tp_p, pp)] * m + [InstanceSpec("decode", tp_d, pp)] * n
         spec = ClusterSpec(req.model, tuple(insts), req.sched)
-        guess = min(rp[tp_p, pp] / tp_p, rd[tp_d, pp] / tp_d)
         full.append(_task(f"{_pair_label(spec)} (pp_cross {pp})", spec, req, req.ttft_slo_ms,
                           req.tpot_slo_ms, guess, profile, wl))
         units.append((pp, req.num_nodes // pp))
