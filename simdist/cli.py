@@ -134,7 +134,7 @@ def simulate_main(argv: list[str] | None = None) -> int:
         p.error(f"--*-tp: {e}")
     meta = {"backend": "simdist", "model": spec.model, "hardware": ns.hardware,
             "profile": pname, "dataset": ns.workload, "rate": ns.rate,
-            "num_prompts": len(wl), "seed": ns.seed, "arrival": ns.arrival,
+            "num_prompts": len(wl), "seed": ns.seed, "arrival": ns.arrival, "cv": ns.arrival_cv,
             "instances": [f"{i.role} tp{i.tp} pp{i.pp} node{i.node}" for i in insts]}
     exp = res.to_exp(meta, ns.ttft_slo_ms, ns.tpot_slo_ms)
     if ns.output:
