@@ -6,10 +6,11 @@ tests, the demo and benchmarks; loadable by both transformers and distllm.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
+
+from distllm.models.loader import random_weight
 
 _CORPUS = """\
 The quick brown fox jumps over the lazy dog. A stitch in time saves nine.
@@ -148,15 +149,13 @@ def _write_weights(out: Path, hf_config: dict, family: str, seed: int) -> None:
     with torch.device("meta"):
         meta = AutoModelForCausalLM.from_config(config)
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    num_layers = hf_config.get("num_hidden_layers") or hf_config["n_layer"]
+    tied = bool(hf_config.get("tie_word_embeddings", True))
     tensors = {}
     for name, param in meta.named_parameters():  # tied parameters appear once
-        shape = tuple(param.shape)
-        if len(shape) == 2:
-            fan_in = shape[0] if _is_conv1d(family, name) else shape[1]
-            t = torch.randn(shape, generator=gen) / math.sqrt(fan_in)
-        elif name.endswith("bias"):
-            t = torch.randn(shape, generator=gen) * 0.05
+        if _is_conv1d(family, name):  # Conv1D stores [in, out]
+            t = random_weight(name, tuple(param.shape)[::-1], num_layers, tied, gen).t()
         else:
-            t = 1.0 + torch.randn(shape, generator=gen) * 0.05
+            t = random_weight(name, tuple(param.shape), num_layers, tied, gen)
         tensors[name] = t.contiguous()
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})

@@ -100,19 +100,46 @@ def _check_complete(params: dict[str, nn.Parameter], loaded: dict[str, set],
                          f"{model_path}: {missing[:10]}")
 
 
+_TOKEN_EMBEDDINGS = ("embed_tokens.weight", "wte.weight")
+_POSITION_EMBEDDINGS = ("embed_positions.weight", "wpe.weight")
+_OUTPUT_PROJECTIONS = ("o_proj.weight", "down_proj.weight", "out_proj.weight", "fc2.weight",
+                       "c_proj.weight")
+_FINAL_NORMS = ("model.norm.weight", "transformer.ln_f.weight",
+                "model.decoder.final_layer_norm.weight")
+
+
+def random_weight(name: str, shape: tuple[int, ...], num_layers: int, tied: bool,
+                  gen: torch.Generator) -> torch.Tensor:
+    """Seeded random fp32 tensor for parameter `name` (matrices in nn.Linear [out, in] layout)
+    scaled so that greedy decoding of a random model is not degenerate:
+    - token embeddings N(0, 1) when untied; N(0, 1/dim) when tied, so the residual path does
+      not make each token its own nearest neighbour (2-cycles); positions N(0, 0.25/dim);
+    - matrices N(0, 1/fan_in); residual output projections zero-mean per row (no common-mode
+      from ReLU/GELU outputs) and scaled by 1/sqrt(2 * num_layers);
+    - final norm weights N(0, 1) (breaks the symmetry of tied heads), other norm weights ~ 1,
+      biases N(0, 0.05^2). Shared by the `dummy` load format and distllm.testing."""
+    noise = torch.randn(shape, generator=gen)
+    if len(shape) < 2:
+        if name in _FINAL_NORMS:
+            return noise
+        return noise * 0.05 if name.endswith("bias") else 1.0 + noise * 0.05
+    inv_sqrt_dim = 1.0 / math.sqrt(shape[-1])
+    if name.endswith(_TOKEN_EMBEDDINGS):
+        return noise * (inv_sqrt_dim if tied else 1.0)
+    if name.endswith(_POSITION_EMBEDDINGS):
+        return noise * 0.5 * inv_sqrt_dim
+    if name.endswith(_OUTPUT_PROJECTIONS):
+        noise = (noise - noise.mean(dim=1, keepdim=True)) / math.sqrt(2 * num_layers)
+    return noise * inv_sqrt_dim
+
+
 @torch.no_grad()
 def init_dummy_weights(model: nn.Module, seed: int) -> None:
-    """`dummy` load format: seeded random weights whose scale keeps activations O(1).
-
-    Matrices ~ N(0, 1/fan_in) with fan_in the last dim, norm weights ~ 1, biases ~ N(0, 0.02^2).
-    """
+    """`dummy` load format: seeded random weights (see `random_weight` for the scales)."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    for name, param in model.named_parameters():
-        shape = tuple(param.shape)
-        if len(shape) >= 2:
-            t = torch.randn(shape, generator=gen) / math.sqrt(shape[-1])
-        elif name.endswith("bias"):
-            t = torch.randn(shape, generator=gen) * 0.02
-        else:
-            t = 1.0 + torch.randn(shape, generator=gen) * 0.02
+    num_layers = max(len(m) for m in model.modules() if isinstance(m, nn.ModuleList))
+    params = dict(model.named_parameters())  # a tied LM head is listed once, as the embedding
+    tied = getattr(model, "lm_head", None) is not None and "lm_head.weight" not in params
+    for name, param in params.items():
+        t = random_weight(name, tuple(param.shape), num_layers, tied, gen)
         param.data.copy_(t.to(param.dtype))

@@ -37,7 +37,6 @@ def test_prefill_then_decode_matches_transformers(tiny_dirs: dict, case: str) ->
         tokens.append(int(last.argmax()))
         logits = runner.step([], [(0, tokens[-1])])
     assert tokens == ref_tokens
-    assert len(set(tokens)) > 1, "greedy output is degenerate"
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -78,3 +77,14 @@ def test_chunked_prefill_with_cached_prefix(tiny_dirs: dict, case: str) -> None:
     token = int(logits[len(long) - 8].argmax())
     decode = runner.step([], [(0, token)])
     torch.testing.assert_close(decode[0], hf_logits(hf, long + [token])[-1], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_random_weights_give_varied_greedy_output(tiny_dirs: dict, case: str) -> None:
+    model, _, cfg = load_pair(tiny_dirs[case])
+    runner = PagedRunner(model, cfg, block_size=8)
+    for seq, prompt in enumerate(PROMPTS):
+        tokens = [int(runner.step([(seq, prompt)], [])[-1].argmax())]
+        for _ in range(15):
+            tokens.append(int(runner.step([], [(seq, tokens[-1])])[-1].argmax()))
+        assert len(set(tokens)) >= 3, f"degenerate greedy output {tokens}"

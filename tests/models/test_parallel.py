@@ -43,6 +43,7 @@ def _tp_worker(rank: int, paths: list[str], store: str, out: str) -> None:
         results = [_run(Path(p), ParallelInfo(tp_rank=rank, tp_size=2)) for p in paths]
         if rank == 0:
             torch.save(results, out)
+        dist.barrier()  # NOTE: no rank may tear down gloo while a peer still talks to it
     finally:
         dist.destroy_process_group()
 
