@@ -21,7 +21,7 @@ from simdist.runner import TaskRunner
 from simdist.workload import Workload
 
 PP_CHOICES = (1, 2, 4, 8)
-TOP_K = 3  # prefill x decode configs paired in the high-affinity full-system stage
+TOP_K = 3  # best configs of each phase paired; the TOP_K + 1 best groups get a full search
 
 
 @dataclass(frozen=True)
@@ -138,17 +138,20 @@ def search_high(req: PlanRequest, profile: LatencyProfile, wl: Workload,
                     req.tpot_slo_ms, _guess(profile, m, tp, pp, wl, "decode", req.sched),
                     profile, wl) for tp, pp in cfgs]
     alone = runner.run(tasks, "high affinity: instances alone")
-    top_p = _top([r for r in alone if r.label.startswith("prefill")])
-    top_d = _top([r for r in alone if r.label.startswith("decode")])
-    full, reps = [], []
+    room = req.num_gpus - 1  # every group needs at least one GPU for the other phase
+    top_p = _top([r for r in alone if r.label.startswith("prefill") and r.num_gpus <= room])
+    top_d = _top([r for r in alone if r.label.startswith("decode") and r.num_gpus <= room])
+    groups = []
     for p, d in itertools.product(top_p, top_d):
         group = _group(req, p, d)
         if group is not None:
-            spec, n = group
-            guess = _group_rate(spec, p, d) / spec.num_gpus
-            full.append(_task(_pair_label(spec), spec, req, req.ttft_slo_ms, req.tpot_slo_ms,
-                              guess, profile, wl))
-            reps.append(n)
+            groups.append((_group_rate(group[0], p, d) / group[0].num_gpus, group))
+    groups.sort(key=lambda g: -g[0])
+    full, reps = [], []
+    for guess, (spec, n) in groups[:TOP_K + 1]:
+        full.append(_task(_pair_label(spec), spec, req, req.ttft_slo_ms, req.tpot_slo_ms,
+                          guess, profile, wl))
+        reps.append(n)
     results = runner.run(full, "high affinity: M:N groups")
     return [Candidate("disaggregated", r.label, r, n) for r, n in zip(results, reps, strict=True)]
 
