@@ -66,13 +66,19 @@ class RotaryEmbedding(nn.Module):
         rotated = torch.cat((-x2, x1), dim=-1)
         return (x * cos + rotated * sin).view(n, -1)
 
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each [n, 1, head_dim] in `dtype`, for positions [n] (int64); computed
+        once per forward and shared by all layers."""
+        freqs = positions.float().unsqueeze(-1) * self.inv_freq.unsqueeze(0)  # [n, d/2]
+        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # [n, 1, d]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
     def forward(
         self,
-        positions: torch.Tensor,  # [n], int64
+        cos_sin: tuple[torch.Tensor, torch.Tensor],  # from cos_sin(positions)
         query: torch.Tensor,  # [n, num_heads * head_dim]
         key: torch.Tensor,  # [n, num_kv_heads * head_dim]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = positions.float().unsqueeze(-1) * self.inv_freq.unsqueeze(0)  # [n, d/2]
-        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)  # [n, 1, d]
-        cos, sin = emb.cos().to(query.dtype), emb.sin().to(query.dtype)
+        cos, sin = cos_sin
         return self._rotate(query, cos, sin), self._rotate(key, cos, sin)

@@ -15,7 +15,6 @@ _FIELDS: dict[str, tuple[str, str, str, str]] = {
 # HF `architectures` entry -> family
 ARCH_FAMILY: dict[str, str] = {
     "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "llama",
     "OPTForCausalLM": "opt",
     "GPT2LMHeadModel": "gpt2",
 }
@@ -66,8 +65,8 @@ def get_architecture(hf_config: dict) -> str:
     for arch in archs:
         if arch in ARCH_FAMILY:
             return arch
-    model_type = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                  "opt": "OPTForCausalLM", "gpt2": "GPT2LMHeadModel"}
+    model_type = {"llama": "LlamaForCausalLM", "opt": "OPTForCausalLM",
+                  "gpt2": "GPT2LMHeadModel"}
     if hf_config.get("model_type") in model_type:
         return model_type[hf_config["model_type"]]
     raise ValueError(f"unsupported architectures {archs} (model_type "

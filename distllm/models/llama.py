@@ -1,4 +1,5 @@
-"""Llama family (Llama-2, Llama-3 with GQA and rope scaling, Mistral-style configs): HF names."""
+"""Llama family (Llama-2, Llama-3 with GQA, rope_theta and linear/llama3 rope scaling, tied or
+untied embeddings, optional attention/MLP bias); module names follow HF checkpoints."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -37,11 +38,12 @@ class LlamaAttention(nn.Module):
                               self.qkv_proj.num_kv_heads, layer_idx,
                               cache_index(layer_idx, dims.num_layers, parallel))
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, cos_sin: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor
+                ) -> torch.Tensor:
         qkv = self.qkv_proj(x)  # [n, (h + 2 * kvh) * d] (this rank's heads)
         q_size, kv_size = self.qkv_proj.q_size, self.qkv_proj.kv_size
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
-        q, k = self.rotary(positions, q, k)
+        q, k = self.rotary(cos_sin, q, k)
         return self.o_proj(self.attn(q, k, v))
 
 
@@ -72,8 +74,9 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(h, eps, dtype=dtype, device=device)
         self.post_attention_layernorm = RMSNorm(h, eps, dtype=dtype, device=device)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(positions, self.input_layernorm(x))
+    def forward(self, cos_sin: tuple[torch.Tensor, torch.Tensor], x: torch.Tensor
+                ) -> torch.Tensor:
+        x = x + self.self_attn(cos_sin, self.input_layernorm(x))
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -84,6 +87,7 @@ class LlamaModel(nn.Module):
         dims = model_dims(cfg)
         theta, scaling = rope_parameters(cfg)
         rotary = RotaryEmbedding(dims.head_dim, theta, scaling, device=device)
+        self.rotary, self.dtype = rotary, dtype
         self.embed_tokens = None
         if parallel.is_first_pp_rank:
             self.embed_tokens = VocabParallelEmbedding(dims.vocab_size, dims.hidden_size,
@@ -100,8 +104,9 @@ class LlamaModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 intermediate: torch.Tensor | None = None) -> torch.Tensor:
         x = self.embed_tokens(input_ids) if self.embed_tokens is not None else intermediate
+        cos_sin = self.rotary.cos_sin(positions, self.dtype)
         for layer in self.layers[self.start_layer:self.end_layer]:
-            x = layer(positions, x)
+            x = layer(cos_sin, x)
         return self.norm(x) if self.norm is not None else x
 
 

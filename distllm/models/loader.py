@@ -86,6 +86,8 @@ def load_weights(model: nn.Module, model_path: str | Path) -> None:
             loader(param, t) if shard_id is None else loader(param, t, shard_id)
             loaded.setdefault(param_name, set()).add(shard_id)
     _check_complete(params, loaded, model_path)
+    logger.info("loaded %d parameters of %s from %s", len(loaded), type(model).__name__,
+                model_path)
 
 
 def _check_complete(params: dict[str, nn.Parameter], loaded: dict[str, set],

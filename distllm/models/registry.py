@@ -12,7 +12,6 @@ from distllm.models.dims import get_architecture
 # HF architecture name -> (module, class)
 _MODELS: dict[str, tuple[str, str]] = {
     "LlamaForCausalLM": ("distllm.models.llama", "LlamaForCausalLM"),
-    "MistralForCausalLM": ("distllm.models.llama", "LlamaForCausalLM"),
     "OPTForCausalLM": ("distllm.models.opt", "OPTForCausalLM"),
     "GPT2LMHeadModel": ("distllm.models.gpt2", "GPT2LMHeadModel"),
 }

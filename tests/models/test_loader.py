@@ -115,6 +115,28 @@ def test_gpt2_checkpoint_without_prefix(tmp_path: Path) -> None:
     torch.testing.assert_close(_logits(other), _logits(path), atol=0, rtol=0)
 
 
+def test_opt_checkpoint_saved_from_opt_model(tmp_path: Path) -> None:
+    path = make_tiny_model(tmp_path / "opt", arch="opt-350m")
+    state = load_file(str(path / "model.safetensors"))
+    bare = {n.removeprefix("model."): t for n, t in state.items()}  # "decoder.layers.0...."
+    other = _copy_with(path, tmp_path / "bare", bare)
+    torch.testing.assert_close(_logits(other), _logits(path), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["llama3", "opt", "gpt2"])
+@torch.no_grad()
+def test_bf16_close_to_fp32(tmp_path: Path, arch: str) -> None:
+    path = make_tiny_model(tmp_path / arch, arch=arch)
+    cfg = json.loads((path / "config.json").read_text())
+    model = build_model(cfg, dtype="bfloat16", device="cpu")
+    load_weights(model, path)
+    assert model.compute_logits(model(IDS, POS)).dtype == torch.float32
+    logits = model.compute_logits(model(IDS, POS))
+    ref = _logits(path)
+    assert (logits - ref).abs().max() < 0.1 * ref.abs().max()
+    assert (logits.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.5
+
+
 def test_dummy_weights_seeded_and_sane(llama_dir: Path) -> None:
     cfg = json.loads((llama_dir / "config.json").read_text())
     models = [build_model(cfg, dtype=torch.float32, device="cpu") for _ in range(3)]
