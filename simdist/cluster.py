@@ -222,4 +222,4 @@ def simulate(spec: ClusterSpec, profile: LatencyProfile, workload: Workload,
     first = next(it)
     sim.schedule(first.arrival, EventKind.ARRIVAL, arrive, first)
     end = sim.run()
-    return SimResult(reqs, end, sim.num_events, spec.num_gpus)
+    return SimResult(reqs, end, sim.num_events, spec.num_gpus, cluster)

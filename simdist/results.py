@@ -21,6 +21,7 @@ class SimResult:
     end_time_s: float
     num_events: int
     num_gpus: int
+    cluster: object = None  # the simdist.cluster.Cluster after the run (final instance state)
 
     def ttft_tpot(self) -> tuple[list[float], list[float]]:
         """Per-request TTFT and TPOT in seconds (inf for failed or unfinished requests)."""
