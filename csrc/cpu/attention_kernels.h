@@ -33,6 +33,7 @@ struct DecodeParams {
   int64_t head_dim;
   float scale;
   int64_t num_splits;  // context partitions per (seq, kv head); >= 1
+  int num_threads;     // OpenMP threads (torch's intra-op thread count)
 };
 
 struct PrefillParams {
@@ -48,6 +49,7 @@ struct PrefillParams {
   int64_t head_dim;
   float scale;
   int64_t q_tile;  // query tokens per task
+  int num_threads;  // OpenMP threads (torch's intra-op thread count)
 };
 
 #define DISTLLM_DECLARE_ISA(isa)                   \

@@ -1,7 +1,9 @@
 // CPU paged KV cache ops: write new K/V by slot mapping, copy blocks, swap blocks (memcpy per
 // row or block). Layout: [num_blocks, num_kv_heads, block_size, head_dim], contiguous.
+#include <ATen/Parallel.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "ops.h"
@@ -12,6 +14,9 @@ void check_cache(const torch::Tensor& cache, const char* name) {
   TORCH_CHECK(cache.device().is_cpu() && cache.is_contiguous(), name,
               " must be a contiguous CPU tensor");
 }
+
+// OpenMP threads for the copies: torch's intra-op thread count.
+int num_threads() { return std::max(1, at::get_num_threads()); }
 
 int64_t block_bytes(const torch::Tensor& cache) {
   return cache.size(0) == 0 ? 0 : cache.nbytes() / cache.size(0);
@@ -47,7 +52,8 @@ void reshape_and_cache(const torch::Tensor& key, const torch::Tensor& value,
   char* vc = static_cast<char*>(value_cache.data_ptr());
   const int64_t ks0 = k.stride(0) * es, ks1 = k.stride(1) * es;
   const int64_t vs0 = v.stride(0) * es, vs1 = v.stride(1) * es;
-#pragma omp parallel for schedule(static) if (num_tokens * kvh * row > (1 << 16))
+#pragma omp parallel for schedule(static) if (num_tokens * kvh * row > (1 << 16)) \
+    num_threads(num_threads())
   for (int64_t t = 0; t < num_tokens; ++t) {
     if (slot[t] < 0) continue;  // padding
     const int64_t blk = slot[t] / bs, off = slot[t] % bs;
@@ -79,7 +85,8 @@ void copy_blocks(const std::vector<torch::Tensor>& key_caches,
   TORCH_CHECK(mapping.min().item<int64_t>() >= 0 && mapping.max().item<int64_t>() < num_blocks,
               "block id out of range");
   // NOTE: like vLLM, a block must not be both a source and a destination in one call.
-#pragma omp parallel for schedule(static) if (num_pairs * num_layers > 4)
+#pragma omp parallel for schedule(static) if (num_pairs * num_layers > 4) \
+    num_threads(num_threads())
   for (int64_t i = 0; i < num_layers * 2 * num_pairs; ++i) {
     const int64_t pair = i % num_pairs, which = i / num_pairs;
     char* base = bases[which];
@@ -103,7 +110,8 @@ void swap_blocks(const torch::Tensor& src, torch::Tensor& dst, const torch::Tens
               "block id out of range");
   const char* sp = static_cast<const char*>(src.data_ptr());
   char* dp = static_cast<char*>(dst.data_ptr());
-#pragma omp parallel for schedule(static) if (num_pairs * bytes > (1 << 20))
+#pragma omp parallel for schedule(static) if (num_pairs * bytes > (1 << 20)) \
+    num_threads(num_threads())
   for (int64_t i = 0; i < num_pairs; ++i) {
     std::memmove(dp + pairs[2 * i + 1] * bytes, sp + pairs[2 * i] * bytes, bytes);
   }

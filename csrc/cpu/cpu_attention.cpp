@@ -132,6 +132,7 @@ void paged_decode_attention(torch::Tensor& out, const torch::Tensor& query,
   p.num_splits = num_splits > 0 ? num_splits
                                 : auto_num_splits(p.num_seqs * p.kv.num_kv_heads,
                                                   context_lens.narrow(0, 0, p.num_seqs));
+  p.num_threads = std::max(1, at::get_num_threads());
   namespace c = distllm::cpu;
   dispatch_isa(&c::base::decode_attention, &c::avx2::decode_attention,
                &c::avx512::decode_attention, p);
@@ -179,6 +180,7 @@ void prefill_attention(torch::Tensor& out, const torch::Tensor& query, const tor
   p.scale = static_cast<float>(scale);
   // NOTE: ~64 query rows (G heads x q_tile tokens) per task keep K/V tiles hot in L1.
   p.q_tile = q_tile > 0 ? q_tile : std::max<int64_t>(1, 64 / (num_heads / num_kv_heads));
+  p.num_threads = std::max(1, at::get_num_threads());
   namespace c = distllm::cpu;
   dispatch_isa(&c::base::prefill_attention, &c::avx2::prefill_attention,
                &c::avx512::prefill_attention, p);
