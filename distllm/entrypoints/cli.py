@@ -12,6 +12,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "simulate": ("simdist.cli", "simulate_main", "simulate a cluster on a workload (simdist)"),
     "plan": ("simdist.cli", "plan_main", "search parallelism/placement for max per-GPU goodput"),
     "ablation": ("simdist.cli", "ablation_main", "CPU-only simulator ablations"),
+    "serve": ("distllm.entrypoints.serve", "main", "the HTTP API server (OpenAI + /generate)"),
     "bench": ("evaluation.benchmark_serving", "main", "load-generate against a running server"),
 }
 
