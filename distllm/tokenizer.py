@@ -16,6 +16,13 @@ def _token_content(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _default_chat_template(value: object) -> str | None:
+    if isinstance(value, list):  # named templates: [{"name": ..., "template": ...}]
+        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+        return named.get("default") or next(iter(named.values()), None)
+    return value if isinstance(value, str) else None
+
+
 class Tokenizer:
     """encode/decode matching transformers' AutoTokenizer on the same model directory."""
 
@@ -28,7 +35,7 @@ class Tokenizer:
         self.bos_token_id = self._id_of(self.bos_token, generation_config, model_config, "bos")
         self.eos_token_id = self._id_of(self.eos_token, generation_config, model_config, "eos")
         self.pad_token_id = self._id_of(self.pad_token, {}, model_config, "pad")
-        self.chat_template: str | None = tokenizer_config.get("chat_template")
+        self.chat_template = _default_chat_template(tokenizer_config.get("chat_template"))
         self._maybe_rebuild_post_processor(tokenizer_config)
 
     @classmethod
@@ -42,6 +49,8 @@ class Tokenizer:
         backend = Backend.from_file(str(path / "tokenizer.json"))
         special_map = _read_json(path / "special_tokens_map.json")
         tok_cfg = {**special_map, **_read_json(path / "tokenizer_config.json")}
+        if (path / "chat_template.jinja").exists():  # takes priority, as in transformers
+            tok_cfg["chat_template"] = (path / "chat_template.jinja").read_text()
         return cls(backend, tok_cfg, _read_json(path / "generation_config.json"),
                    _read_json(path / "config.json"))
 
