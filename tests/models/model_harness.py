@@ -20,9 +20,11 @@ CASES: dict[str, tuple[str, dict]] = {
                                              "rope_scaling": {"rope_type": "linear",
                                                               "factor": 2.0}}),
     "llama3": ("llama3", {}),
+    "llama3-tied-wide-heads": ("llama3", {"head_dim": 32, "tie_word_embeddings": True}),
     "opt": ("opt", {}),
     "opt-350m": ("opt-350m", {}),
     "gpt2": ("gpt2", {}),
+    "gpt2-layer-scaled-inner": ("gpt2", {"scale_attn_by_inverse_layer_idx": True, "n_inner": 96}),
 }
 
 
