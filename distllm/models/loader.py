@@ -82,8 +82,8 @@ def load_weights(model: nn.Module, model_path: str | Path) -> None:
                                f"({param_name!r}) in {type(model).__name__}")
             param = params[param_name]
             loader = getattr(param, "weight_loader", default_weight_loader)
-            t = t.to(param.dtype)
-            loader(param, t) if shard_id is None else loader(param, t, shard_id)
+            args = (param, t.to(param.dtype)) + (() if shard_id is None else (shard_id,))
+            loader(*args)
             loaded.setdefault(param_name, set()).add(shard_id)
     _check_complete(params, loaded, model_path)
     logger.info("loaded %d parameters of %s from %s", len(loaded), type(model).__name__,
