@@ -72,13 +72,21 @@ PagedKV make_paged_kv(const torch::Tensor& key_cache, const torch::Tensor& value
 torch::Tensor as_f32(const torch::Tensor& t) { return t.to(at::kFloat).contiguous(); }
 
 // Context partitions per (seq, kv head): split only when there are too few tasks for the threads.
-int64_t auto_num_splits(int64_t num_seq_heads, const torch::Tensor& context_lens) {
+int64_t auto_num_splits(int64_t num_seq_heads, int64_t max_len) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   if (num_seq_heads == 0 || num_seq_heads >= 2 * threads) return 1;
-  const int64_t max_len = context_lens.max().item<int64_t>();
   const int64_t by_tasks = (4 * threads + num_seq_heads - 1) / num_seq_heads;
   const int64_t by_len = (max_len + 255) / 256;  // NOTE: >= 256 tokens per split
   return std::max<int64_t>(1, std::min(by_tasks, by_len));
+}
+
+// Longest context in `lens` ([num_seqs] int32); checks that the block tables can hold it.
+int64_t checked_max_len(const torch::Tensor& lens, const PagedKV& kv) {
+  if (lens.numel() == 0) return 0;
+  const int64_t max_len = lens.max().item<int64_t>();
+  TORCH_CHECK(max_len <= kv.max_blocks_per_seq * kv.block_size, "a context length (", max_len,
+              ") exceeds block_tables capacity (", kv.max_blocks_per_seq * kv.block_size, ")");
+  return max_len;
 }
 
 // Writes `out32` into `out` unless the kernel already wrote into `out` directly.
@@ -129,9 +137,9 @@ void paged_decode_attention(torch::Tensor& out, const torch::Tensor& query,
   p.num_heads = num_heads;
   p.head_dim = head_dim;
   p.scale = static_cast<float>(scale);
-  p.num_splits = num_splits > 0 ? num_splits
-                                : auto_num_splits(p.num_seqs * p.kv.num_kv_heads,
-                                                  context_lens.narrow(0, 0, p.num_seqs));
+  const int64_t max_len = checked_max_len(context_lens.narrow(0, 0, p.num_seqs), p.kv);
+  p.num_splits =
+      num_splits > 0 ? num_splits : auto_num_splits(p.num_seqs * p.kv.num_kv_heads, max_len);
   p.num_threads = std::max(1, at::get_num_threads());
   namespace c = distllm::cpu;
   dispatch_isa(&c::base::decode_attention, &c::avx2::decode_attention,
@@ -165,6 +173,9 @@ void prefill_attention(torch::Tensor& out, const torch::Tensor& query, const tor
     p.kv = make_paged_kv(*key_cache, *value_cache, *block_tables, head_dim);
     TORCH_CHECK(p.kv.num_kv_heads == num_kv_heads, "cache kv heads do not match key");
     p.num_cached_tokens = num_cached_tokens->data_ptr<int32_t>();
+    TORCH_CHECK(num_cached_tokens->numel() >= cu_seqlens_q.numel() - 1,
+                "num_cached_tokens has fewer entries than sequences");
+    checked_max_len(*num_cached_tokens, p.kv);
   }
   if (query.size(0) == 0) return;
   torch::Tensor q32 = as_f32(query), k32 = as_f32(key), v32 = as_f32(value);

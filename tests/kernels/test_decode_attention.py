@@ -105,3 +105,12 @@ def test_decode_strided_query_and_int64_metadata() -> None:
         wide, kv.key_cache, kv.value_cache, kv.block_tables.long(), lens.long(), scale
     )
     assert_close(actual, expected)
+
+
+def test_decode_rejects_context_beyond_block_table() -> None:
+    query, kv, lens, scale = _decode_case([9, 16], 64, 2, 4, 8, torch.float32, seed=5)
+    too_long = torch.tensor([9, 17], dtype=torch.int32)  # table holds 2 blocks of 8
+    with pytest.raises(RuntimeError, match="exceeds block_tables capacity"):
+        ops.paged_decode_attention(
+            query, kv.key_cache, kv.value_cache, kv.block_tables, too_long, scale
+        )
