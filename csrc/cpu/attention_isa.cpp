@@ -122,6 +122,38 @@ void pv_row(float* __restrict a, const float* __restrict p, int64_t ps,
   }
 }
 
+// Two rows at once (AVX-512 only: 2 x 8 accumulators fit its 32 registers): each V load feeds
+// two FMAs. pa/pb: probabilities of rows a and b (stride ps).
+template <int kD>
+void pv_row2(float* __restrict a, float* __restrict b, const float* __restrict pa,
+             const float* __restrict pb, int64_t ps, const float* const* vrow, int n) {
+  constexpr int kChunks = kD / kVec;
+  constexpr int kGroup = kChunks % 8 == 0 ? 8 : 4;
+  for (int c0 = 0; c0 < kChunks; c0 += kGroup) {
+    vfloat acc_a[kGroup], acc_b[kGroup];
+#pragma GCC unroll 8
+    for (int j = 0; j < kGroup; ++j) {
+      acc_a[j] = vload(a + (c0 + j) * kVec);
+      acc_b[j] = vload(b + (c0 + j) * kVec);
+    }
+    for (int t = 0; t < n; ++t) {
+      const float wa = pa[t * ps], wb = pb[t * ps];
+      const float* v = vrow[t] + c0 * kVec;
+#pragma GCC unroll 8
+      for (int j = 0; j < kGroup; ++j) {
+        const vfloat vv = vload(v + j * kVec);
+        acc_a[j] += wa * vv;
+        acc_b[j] += wb * vv;
+      }
+    }
+#pragma GCC unroll 8
+    for (int j = 0; j < kGroup; ++j) {
+      vstore<kVec>(a + (c0 + j) * kVec, acc_a[j]);
+      vstore<kVec>(b + (c0 + j) * kVec, acc_b[j]);
+    }
+  }
+}
+
 #include "cpu/attention_tile_dot.inc"
 #include "cpu/attention_tile_rows.inc"
 
