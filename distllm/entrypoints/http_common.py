@@ -66,6 +66,8 @@ class ApiError(Exception):
 
     def __init__(self, status: int, message: str, param: str | None = None,
                  type_: str = "invalid_request_error", headers: dict | None = None) -> None:
+        if param is not None and not message.startswith(param):
+            message = f"{param}: {message}"
         super().__init__(message)
         self.status, self.message, self.param, self.type = status, message, param, type_
         self.headers = headers or {}
@@ -144,13 +146,16 @@ class ServingContext:
         return ids
 
     def sampling_error(self, e: SamplingParamsError) -> ApiError:
-        return ApiError(400, str(e), param=e.field)
+        return ApiError(400, str(e), param=e.field)  # str(e) starts with the field
 
     async def first_output(self, outputs: AsyncIterator[RequestOutput],
                            request: Request) -> RequestOutput:
         """The request's first output, with engine failures mapped to HTTP errors."""
         try:
             first = await race_disconnect(outputs.__anext__(), request)
+        except ClientDisconnected:
+            self.metrics.observe_aborted()
+            raise
         except QueueFullError as e:
             self.metrics.observe_rejected(503)
             raise ApiError(503, str(e), type_="server_overloaded",
@@ -168,17 +173,21 @@ class ServingContext:
                      outputs: AsyncIterator[RequestOutput]) -> AsyncIterator[RequestOutput]:
         """`first`, then the rest of the stream; records finished requests in the metrics.
         Closing this iterator early aborts the request."""
+        finished = False
         try:
-            if first.finished:
-                self.metrics.observe_finished(first)
-            yield first
-            if first.finished:
-                return
-            async for output in outputs:
-                if output.finished:
+            output = first
+            while True:
+                finished = output.finished
+                if finished:
                     self.metrics.observe_finished(output)
                 yield output
+                if finished:
+                    return
+                # NOTE: the engine stream always ends with a finished output (or raises).
+                output = await outputs.__anext__()
         finally:
+            if not finished:
+                self.metrics.observe_aborted()
             await outputs.aclose()
 
     async def last_output(self, first: RequestOutput, outputs: AsyncIterator[RequestOutput],

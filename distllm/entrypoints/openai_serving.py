@@ -154,8 +154,9 @@ async def chat_completions(ctx: ServingContext, request: Request) -> Response:
     try:
         params = _sampling(ctx, body, body.max_new_tokens(DEFAULT_MAX_TOKENS))
     except ApiError as e:
-        e.param = field if e.param == "max_tokens" else e.param
-        raise
+        if e.param != "max_tokens":
+            raise
+        raise ApiError(400, e.message.replace("max_tokens", field, 1), param=field) from None
     request_id, created = random_id("chatcmpl"), int(time.time())
     model = ctx.config.served_model_name
     outputs = ctx.engine.generate(prompt_ids, params, request_id)

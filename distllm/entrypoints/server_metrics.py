@@ -96,6 +96,10 @@ class ServerMetrics:
         for prev, cur in zip(times, times[1:], strict=False):
             self.tpot.observe(cur - prev)
 
+    def observe_aborted(self) -> None:
+        """A request that ended before its finished output reached the client (disconnect)."""
+        self.finished.labels("abort").inc()
+
     def observe_rejected(self, status: int) -> None:
         self.rejected.labels(str(status)).inc()
 
