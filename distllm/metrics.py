@@ -5,6 +5,7 @@ TTFT = first token time - arrival; TPOT = (last token time - first token time) /
 requests counting as misses; goodput = requests meeting both SLOs per second. Summary keys follow
 vLLM's benchmark naming (`mean_ttft_ms`, `p99_tpot_ms`, `request_throughput`, ...).
 """
+
 from __future__ import annotations
 
 import math
@@ -49,7 +50,7 @@ class RequestRecord:
     @property
     def itls(self) -> list[float]:
         ts = self.token_timestamps
-        return [b - a for a, b in zip(ts, ts[1:])]
+        return [b - a for a, b in zip(ts, ts[1:], strict=False)]
 
     def to_json(self) -> dict:
         ok = self.ok
@@ -152,7 +153,7 @@ def max_rate_meeting(points: Sequence[tuple[float, float]], target: float) -> fl
     between the last passing and the first failing rate. `points` = [(rate, attainment)]."""
     pts = sorted(points)
     best = 0.0
-    for (r0, a0), (r1, a1) in zip([(0.0, 1.0)] + pts, pts):
+    for (r0, a0), (r1, a1) in zip([(0.0, 1.0)] + pts, pts, strict=True):
         if a1 >= target:
             best = r1
             continue

@@ -2,6 +2,7 @@
 
 Schema (../shared/DESIGN.md section 4); pure Python so simdist and evaluation share it.
 """
+
 from __future__ import annotations
 
 import json

@@ -5,13 +5,14 @@
 
 Colocated runs skip the migration pair. Times are monotonic seconds, recorded where they happen.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class LifecycleEvent(str, Enum):
+class LifecycleEvent(StrEnum):
     ARRIVAL = "arrival"
     PREFILL_BEGIN = "prefill_begin"
     PREFILL_END = "prefill_end"

@@ -2,7 +2,7 @@
 transformers' `generate` in static padded batches, on the same CPU, model and requests; plus the CPU
 decode-attention kernel's bandwidth as a fraction of a copy bandwidth measured in the same run.
 
-    python evaluation/bench_offline.py [--num-requests 200] [--max-len 1024] [-o out/bench_offline.json]
+    python evaluation/bench_offline.py [--num-requests 200] [--max-len 1024] [-o OUT.json]
 
 Prints a table and writes JSON. Lengths are ShareGPT-shaped (lognormal prompt and output lengths
 with ShareGPT's published medians and spread), scaled so prompt + output <= --max-len.

@@ -1,4 +1,5 @@
 """Known-answer tests for distllm.metrics and distllm.request (shared by engine, simdist, bench)."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,14 @@ from distllm.request import LifecycleEvent, Lifetime
 
 
 def _rec(start: float, tokens: list[float], error: str | None = None) -> RequestRecord:
-    return RequestRecord(prompt_len=10, output_len=len(tokens), start_time=start,
-                         end_time=tokens[-1] if tokens else start, token_timestamps=tokens, error=error)
+    return RequestRecord(
+        prompt_len=10,
+        output_len=len(tokens),
+        start_time=start,
+        end_time=tokens[-1] if tokens else start,
+        token_timestamps=tokens,
+        error=error,
+    )
 
 
 def test_ttft_tpot_latency() -> None:

@@ -35,6 +35,14 @@ class LLM:
         self.engine = LLMEngine(EngineConfig.from_kwargs(model, **kwargs))
         self._ids = itertools.count()
 
+    @classmethod
+    def from_engine_config(cls, config: EngineConfig) -> LLM:
+        """Build from a full EngineConfig (e.g. parsed from CLI flags)."""
+        llm = cls.__new__(cls)
+        llm.engine = LLMEngine(config)
+        llm._ids = itertools.count()
+        return llm
+
     def generate(self, prompts: str | Sequence[str] | Sequence[list[int]],
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
                  use_tqdm: bool = True) -> list[RequestOutput]:

@@ -1,5 +1,6 @@
 """The `distllm` console script: one subcommand per job, each implemented in its own module and
 imported lazily so `distllm plan` never loads torch and `distllm generate` never loads simdist."""
+
 from __future__ import annotations
 
 import importlib
@@ -8,7 +9,11 @@ import sys
 # subcommand -> (module, function taking argv, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "generate": ("distllm.entrypoints.generate", "main", "offline batch generation (LLM API)"),
-    "demo": ("distllm.entrypoints.demo", "main", "the main job end to end on a built-in tiny model"),
+    "demo": (
+        "distllm.entrypoints.demo",
+        "main",
+        "the main job end to end on a built-in tiny model",
+    ),
     "simulate": ("simdist.cli", "simulate_main", "simulate a cluster on a workload (simdist)"),
     "plan": ("simdist.cli", "plan_main", "search parallelism/placement for max per-GPU goodput"),
     "ablation": ("simdist.cli", "ablation_main", "CPU-only simulator ablations"),
