@@ -153,7 +153,7 @@ def max_rate_meeting(points: Sequence[tuple[float, float]], target: float) -> fl
     between the last passing and the first failing rate. `points` = [(rate, attainment)]."""
     pts = sorted(points)
     best = 0.0
-    for (r0, a0), (r1, a1) in zip([(0.0, 1.0)] + pts, pts, strict=True):
+    for (r0, a0), (r1, a1) in zip([(0.0, 1.0)] + pts, pts, strict=False):
         if a1 >= target:
             best = r1
             continue
