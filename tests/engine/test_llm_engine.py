@@ -67,3 +67,12 @@ def test_generate_rejects_mismatched_params(llm: LLM) -> None:
         llm.generate(["a", "b"], [SamplingParams()], use_tqdm=False)
     with pytest.raises(TypeError, match="list of lists"):
         llm.generate([1, 2, 3], use_tqdm=False)
+
+
+def test_llm_from_engine_config(tiny_llama: Path) -> None:
+    from distllm.config import CacheConfig, EngineConfig, ModelConfig
+
+    config = EngineConfig(ModelConfig(model=str(tiny_llama)), CacheConfig(num_kv_blocks=16))
+    llm = LLM.from_engine_config(config)
+    (out,) = llm.generate("a", SamplingParams(max_tokens=3, ignore_eos=True), use_tqdm=False)
+    assert len(out.token_ids) == 3 and llm.engine.block_manager.num_blocks == 16
