@@ -70,7 +70,10 @@ class LLMEngine:
         return self.output_processor.process(updated, self.scheduler)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        """True while a step() is still needed: requests run, or an aborted request's final
+        output has not been reported yet."""
+        return (self.scheduler.has_unfinished_requests()
+                or self.output_processor.has_unfinished_requests())
 
     @property
     def num_unfinished_requests(self) -> int:

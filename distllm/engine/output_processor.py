@@ -48,6 +48,10 @@ class OutputProcessor:
     def has_request(self, request_id: str) -> bool:
         return request_id in self._states
 
+    def has_unfinished_requests(self) -> bool:
+        """Requests whose final output has not been returned yet."""
+        return bool(self._states)
+
     def process(self, updated: list[Request], scheduler: Scheduler) -> list[RequestOutput]:
         """Outputs for the requests that got tokens this step, plus any request the scheduler
         finished without a token (aborted, ignored)."""

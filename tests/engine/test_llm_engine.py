@@ -52,6 +52,17 @@ def test_abort_frees_blocks_and_reports_the_request(llm: LLM) -> None:
     assert stats["num_free_blocks"] == stats["num_blocks"]
 
 
+def test_aborting_the_only_request_still_reports_it(llm: LLM) -> None:
+    engine = llm.engine
+    engine.add_request("only", "Good morning", SamplingParams(max_tokens=20))
+    engine.step()
+    engine.abort_request("only")
+    assert engine.has_unfinished_requests()  # its final output is still due
+    (out,) = engine.step()
+    assert out.request_id == "only" and out.finish_reason == "abort"
+    assert not engine.has_unfinished_requests() and _free(llm)
+
+
 def test_request_output_converts_to_a_metrics_record(llm: LLM) -> None:
     (out,) = llm.generate("Good morning", SamplingParams(max_tokens=5, temperature=0.0,
                                                          ignore_eos=True), use_tqdm=False)
