@@ -107,6 +107,8 @@ async def run_one_round(
 async def run_sweep(cfg: BenchConfig, backend: Backend, reqs: list[DatasetRequest]) -> SweepResult:
     async def measure(rate: float) -> float:
         summary = await run_one_round(cfg, backend, reqs, cfg.sweep_num_prompts, rate, "sweep-")
+        if not summary["completed"]:
+            raise RuntimeError(f"no request succeeded at rate {rate:g}; is {backend.url} up?")
         value = summary.get("attainment")
         return 0.0 if value is None or math.isnan(value) else float(value)
 
@@ -145,11 +147,19 @@ async def run_benchmark(cfg: BenchConfig) -> int:
     backend = create_backend(cfg.backend, cfg.base_url, cfg.model, cfg.endpoint, cfg.extra_body)
     reqs = load_requests(cfg)
     if cfg.sweep:
-        await run_sweep(cfg, backend, reqs)
+        try:
+            await run_sweep(cfg, backend, reqs)
+        except RuntimeError as e:
+            logger.error("sweep aborted: %s", e)
+            return 1
         return 0
+    failed_rounds = 0
     for num_prompts, rate in cfg.rounds:
-        await run_one_round(cfg, backend, reqs, num_prompts, rate)
-    return 0
+        summary = await run_one_round(cfg, backend, reqs, num_prompts, rate)
+        if not summary["completed"]:
+            logger.error("no request succeeded at rate %g; is %s up?", rate, backend.url)
+            failed_rounds += 1
+    return 1 if failed_rounds else 0
 
 
 def main(argv: list[str] | None = None) -> int:

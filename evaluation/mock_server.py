@@ -6,7 +6,8 @@ benchmark. It speaks the three backends' protocols:
     POST /v1/chat/completions    OpenAI chat SSE
     POST /mii/{deployment}       DeepSpeed-MII REST (non-streaming)
 
-Each request waits `ttft_s`, then emits `max_tokens` tokens `tpot_s` apart (token i is "t{i} ").
+Each request (after waiting for one of `capacity` slots, if set) waits `ttft_s`, then emits
+`max_tokens` tokens `tpot_s` apart (token i is "t{i} ").
 The server records the receive time of every request (`MockServer.received`, perf_counter seconds).
 """
 
@@ -25,7 +26,9 @@ class MockServer:
     ttft_s: float = 0.0
     tpot_s: float = 0.0
     fail_every: int = 0  # every n-th request answers HTTP 500 (0 = never)
+    capacity: int = 0  # requests served at once; the rest queue (0 = unlimited)
     received: list[float] = field(default_factory=list)  # perf_counter at receive
+    _slots: asyncio.Semaphore | None = field(default=None, repr=False)
 
     def build_app(self) -> web.Application:
         app = web.Application()
@@ -39,13 +42,21 @@ class MockServer:
         self.received.append(time.perf_counter())
         return not (self.fail_every and len(self.received) % self.fail_every == 0)
 
-    async def _tokens(self, n: int):  # noqa: ANN202 - async generator of (index, time)
+    async def _tokens(self, n: int):  # noqa: ANN202 - async generator of (index, arrival)
         t0 = time.monotonic()
-        await asyncio.sleep(self.ttft_s)
-        for i in range(n):
-            if i and self.tpot_s:
-                await asyncio.sleep(self.tpot_s)
-            yield i, t0
+        if self.capacity and self._slots is None:
+            self._slots = asyncio.Semaphore(self.capacity)
+        if self._slots is not None:
+            await self._slots.acquire()
+        try:
+            await asyncio.sleep(self.ttft_s)
+            for i in range(n):
+                if i and self.tpot_s:
+                    await asyncio.sleep(self.tpot_s)
+                yield i, t0
+        finally:
+            if self._slots is not None:
+                self._slots.release()
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()

@@ -177,3 +177,43 @@ def test_trace_arrivals_replay_in_order(tmp_path: Path, mock_server: ServerThrea
     assert [r["scheduled_time"] for r in raw["requests"]] == pytest.approx(
         [0.01 * i for i in range(5)]
     )
+
+
+def test_unreachable_server_fails_the_run(tmp_path: Path) -> None:
+    data = _dataset(tmp_path, 3)
+    argv = [
+        "--base-url",
+        "http://127.0.0.1:1",
+        "--dataset",
+        str(data),
+        "--num-prompts",
+        "3",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
+    assert main(argv) == 1
+    raw = json.loads((tmp_path / "out" / "distllm-3-inf.exp").read_text())
+    assert all(r["error"] for r in raw["requests"]) and raw["summary"]["completed"] == 0
+    assert main([*argv, "--sweep", "--ttft-slo-ms", "100", "--sweep-start-rate", "1000"]) == 1
+
+
+@pytest.mark.parametrize(
+    "mock_server", [{"ttft_s": 0.02, "tpot_s": 0.0, "capacity": 1}], indirect=True
+)
+def test_capacity_queues_requests(tmp_path: Path, mock_server: ServerThread) -> None:
+    argv = _argv(
+        mock_server,
+        _dataset(tmp_path, 4),
+        tmp_path / "out",
+        "--num-prompts",
+        "4",
+        "--request-rate",
+        "inf",
+        "--ttft-slo-ms",
+        "5000",
+    )
+    assert main(argv) == 0
+    run = load_exp(tmp_path / "out" / "distllm-4-inf.exp")
+    ttfts = sorted(r.ttft for r in run.records)
+    assert all(t >= (k + 1) * 0.02 * 0.99 for k, t in enumerate(ttfts))  # served one at a time
