@@ -47,15 +47,23 @@ class ModelRunner:
         self._generators: dict[str, torch.Generator] = {}  # request id -> its seeded generator
 
     @torch.inference_mode()
-    def execute_model(self, scheduler_output: SchedulerOutput,
-                      kv_caches: KVCaches) -> ModelRunnerOutput:
+    def execute_model(self, scheduler_output: SchedulerOutput, kv_caches: KVCaches,
+                      intermediate: torch.Tensor | None = None
+                      ) -> ModelRunnerOutput | torch.Tensor:
+        """Run the batch and sample. Pipeline stages: `intermediate` ([num_tokens, hidden]) is
+        the previous stage's output; a stage before the last returns its hidden states."""
         for request_id in scheduler_output.finished_request_ids:
             self._generators.pop(request_id, None)
         if not scheduler_output.has_forward:
             return ModelRunnerOutput()
         inputs = self.prepare_inputs(scheduler_output)
         with forward_batch(inputs.attn_metadata, kv_caches):
-            hidden = self.model(inputs.input_ids, inputs.positions)  # [num_tokens, hidden]
+            if intermediate is None:
+                hidden = self.model(inputs.input_ids, inputs.positions)  # [num_tokens, hidden]
+            else:
+                hidden = self.model(inputs.input_ids, inputs.positions, intermediate)
+        if getattr(self.model, "lm_head", True) is None:  # NOTE: not the last pipeline stage
+            return hidden
         sampled = [r for r in scheduler_output.scheduled if r.sample]
         if not sampled:
             return ModelRunnerOutput()

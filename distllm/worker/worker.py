@@ -9,6 +9,7 @@ import torch
 from distllm import envs
 from distllm.config import EngineConfig
 from distllm.core.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from distllm.distributed.parallel_info import ParallelInfo
 from distllm.worker.cache_engine import CacheEngine, block_bytes
 from distllm.worker.model_runner import ModelRunner
 
@@ -18,7 +19,7 @@ logger = logging.getLogger(__name__)
 class Worker:
     """Holds the model shard and KV cache of one device."""
 
-    def __init__(self, config: EngineConfig) -> None:
+    def __init__(self, config: EngineConfig, parallel: ParallelInfo | None = None) -> None:
         from distllm.models.loader import init_dummy_weights, load_weights
         from distllm.models.registry import build_model, resolve_dtype
 
@@ -28,7 +29,9 @@ class Worker:
         self.device = torch.device(config.device)
         self.dtype = resolve_dtype(config.model.dtype)
         model_config = config.model
-        self.model = build_model(model_config.hf_config, dtype=self.dtype, device=self.device)
+        self.parallel = parallel or ParallelInfo()
+        self.model = build_model(model_config.hf_config, dtype=self.dtype, device=self.device,
+                                 parallel=self.parallel)
         if model_config.load_format == "dummy":
             init_dummy_weights(self.model, model_config.seed)
         else:
@@ -38,27 +41,39 @@ class Worker:
                                   self.device, seed=model_config.seed)
         self.cache_engine: CacheEngine | None = None
 
+    @property
+    def cache_shape(self) -> tuple[int, int]:
+        """(layers, KV heads) this worker caches: its pipeline stage's layers, its TP heads."""
+        dims, p = self.config.model.dims, self.parallel
+        start, end = p.layer_range(dims.num_layers)
+        return end - start, max(1, dims.num_kv_heads // p.tp_size)
+
     def determine_num_blocks(self) -> tuple[int, int]:
-        """(device blocks, CPU swap blocks) the cache config affords for this model."""
+        """(device blocks, CPU swap blocks) the cache config affords for this model shard."""
         dims = self.config.model.dims
-        nbytes = block_bytes(dims.num_layers, dims.num_kv_heads, dims.head_dim,
+        num_layers, num_kv_heads = self.cache_shape
+        nbytes = block_bytes(num_layers, num_kv_heads, dims.head_dim,
                              self.config.cache.block_size, self.dtype)
         return (self.config.cache.num_device_blocks(nbytes),
                 self.config.cache.num_swap_blocks(nbytes))
 
     def init_cache(self, num_blocks: int, num_swap_blocks: int) -> None:
         dims = self.config.model.dims
+        num_layers, num_kv_heads = self.cache_shape
         self.cache_engine = CacheEngine(
-            dims.num_layers, dims.num_kv_heads, dims.head_dim, self.config.cache.block_size,
+            num_layers, num_kv_heads, dims.head_dim, self.config.cache.block_size,
             num_blocks, num_swap_blocks, self.dtype, self.device)
         logger.info("KV cache: %d blocks of %d tokens (+%d swap blocks)", num_blocks,
                     self.config.cache.block_size, num_swap_blocks)
 
-    def execute_model(self, scheduler_output: SchedulerOutput) -> ModelRunnerOutput:
-        """Move blocks as ordered (swap in, swap out, copy), then run the batch."""
+    def execute_model(self, scheduler_output: SchedulerOutput,
+                      intermediate: torch.Tensor | None = None
+                      ) -> ModelRunnerOutput | torch.Tensor:
+        """Move blocks as ordered (swap in, swap out, copy), then run the batch (pipeline
+        stages: see ModelRunner.execute_model)."""
         cache = self.cache_engine
         assert cache is not None, "call init_cache first"
         cache.swap_in(scheduler_output.blocks_to_swap_in)
         cache.swap_out(scheduler_output.blocks_to_swap_out)
         cache.copy(scheduler_output.blocks_to_copy)
-        return self.runner.execute_model(scheduler_output, cache.device_caches)
+        return self.runner.execute_model(scheduler_output, cache.device_caches, intermediate)

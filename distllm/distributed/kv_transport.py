@@ -1,0 +1,178 @@
+"""KV migration: which (layer range x KV-head range) slab each decode worker receives from each
+prefill worker (`plan_migration`, pure Python), packing/unpacking slabs of paged caches, and the
+transports behind one interface: gloo (CPU, tested), NCCL and CUDA IPC (GPU, import-guarded).
+
+Worker index inside an instance: `pp_rank * tp + tp_rank`. A TP rank holds the KV heads
+`kv_head_range(num_kv_heads, tp_rank, tp)` (replicated when there are fewer KV heads than ranks)
+of the layers `pp_layer_range(num_layers, pp_rank, pp)`.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from distllm.distributed.parallel_info import pp_layer_range
+
+# layer index -> (key_cache, value_cache), each [num_blocks, num_kv_heads, block_size, head_dim]
+KVCaches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def kv_head_range(num_kv_heads: int, tp_rank: int, tp_size: int) -> tuple[int, int]:
+    """[start, end) of the global KV heads TP rank `tp_rank` caches (QKVParallelLinear's split)."""
+    start = tp_rank * num_kv_heads // tp_size
+    return start, start + max(1, num_kv_heads // tp_size)
+
+
+@dataclass(frozen=True)
+class SlabTransfer:
+    """Prefill worker `src` sends decode worker `dst` the KV of global layers [layers) and global
+    KV heads [heads) for the migrated blocks."""
+
+    src: int  # worker index in the prefill instance
+    dst: int  # worker index in the decode instance
+    layers: tuple[int, int]
+    heads: tuple[int, int]
+
+
+def _overlap(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int] | None:
+    lo, hi = max(a[0], b[0]), min(a[1], b[1])
+    return (lo, hi) if lo < hi else None
+
+
+def plan_migration(num_layers: int, num_kv_heads: int, src_tp: int, src_pp: int, dst_tp: int,
+                   dst_pp: int) -> list[SlabTransfer]:
+    """Every slab a decode worker needs, each from the first prefill worker holding it, sorted by
+    (src, dst). NOTE: both sides run their parts in this order, so concurrent migrations on
+    blocking point-to-point transports cannot deadlock."""
+    transfers = []
+    for dst in range(dst_tp * dst_pp):
+        d_layers = pp_layer_range(num_layers, dst // dst_tp, dst_pp)
+        d_heads = kv_head_range(num_kv_heads, dst % dst_tp, dst_tp)
+        for src_pp_rank in range(src_pp):
+            layers = _overlap(d_layers, pp_layer_range(num_layers, src_pp_rank, src_pp))
+            if layers is None:
+                continue
+            covered = d_heads[0]
+            for src_tp_rank in range(src_tp):  # NOTE: replicas: only the first holder sends
+                heads = _overlap((covered, d_heads[1]),
+                                 kv_head_range(num_kv_heads, src_tp_rank, src_tp))
+                if heads is not None and heads[0] == covered:
+                    transfers.append(SlabTransfer(src_pp_rank * src_tp + src_tp_rank, dst,
+                                                  layers, heads))
+                    covered = heads[1]
+    return sorted(transfers, key=lambda t: (t.src, t.dst, t.layers, t.heads))
+
+
+def gather_slab(caches: KVCaches, block_ids: list[int], layers: tuple[int, int],
+                heads: tuple[int, int]) -> torch.Tensor:
+    """[2, num_layers, num_blocks, num_heads, block_size, head_dim] copy of the given local layer
+    and local head ranges of `block_ids`."""
+    index = torch.tensor(block_ids, dtype=torch.int64, device=caches[0][0].device)
+    per_layer = [torch.stack([k.index_select(0, index)[:, heads[0]:heads[1]],
+                              v.index_select(0, index)[:, heads[0]:heads[1]]])
+                 for k, v in caches[layers[0]:layers[1]]]
+    return torch.stack(per_layer, dim=1).contiguous()
+
+
+def scatter_slab(caches: KVCaches, block_ids: list[int], layers: tuple[int, int],
+                 heads: tuple[int, int], slab: torch.Tensor) -> None:
+    """Write `slab` ([2, num_layers, num_blocks, num_heads, block_size, head_dim]) into the
+    given local layer and head ranges of `block_ids`."""
+    index = torch.tensor(block_ids, dtype=torch.int64, device=caches[0][0].device)
+    for i, (k, v) in enumerate(caches[layers[0]:layers[1]]):
+        k[index, heads[0]:heads[1]] = slab[0, i].to(k.device)
+        v[index, heads[0]:heads[1]] = slab[1, i].to(v.device)
+
+
+def slab_shape(num_layers: int, num_blocks: int, num_heads: int, block_size: int,
+               head_dim: int) -> tuple[int, ...]:
+    return (2, num_layers, num_blocks, num_heads, block_size, head_dim)
+
+
+class KVTransport(ABC):
+    """Moves one slab between two workers identified by their global ranks."""
+
+    @abstractmethod
+    def send(self, slab: torch.Tensor, dst_rank: int) -> None:
+        """Blocks until the slab may be reused (the prefill side frees blocks after this)."""
+
+    @abstractmethod
+    def recv(self, shape: tuple[int, ...], dtype: torch.dtype, src_rank: int) -> torch.Tensor:
+        """The slab the peer sent, on this worker's device."""
+
+
+class GlooTransport(KVTransport):
+    """torch.distributed point-to-point over a gloo group (CPU tensors)."""
+
+    def __init__(self, group: Any = None) -> None:
+        self.group = group  # None: the default (world) group
+
+    def send(self, slab: torch.Tensor, dst_rank: int) -> None:
+        import torch.distributed as dist
+
+        dist.send(slab.cpu(), dst=dst_rank, group=self.group)
+
+    def recv(self, shape: tuple[int, ...], dtype: torch.dtype, src_rank: int) -> torch.Tensor:
+        import torch.distributed as dist
+
+        slab = torch.empty(shape, dtype=dtype)
+        dist.recv(slab, src=src_rank, group=self.group)
+        return slab
+
+
+class NcclTransport(KVTransport):
+    """torch.distributed point-to-point over an NCCL group (CUDA tensors, across nodes).
+    NOTE: written for GPU clusters; not exercised by the CPU test suite."""
+
+    def __init__(self, group: Any, device: torch.device) -> None:
+        if not torch.cuda.is_available():
+            raise RuntimeError("the NCCL KV transport needs CUDA")
+        self.group, self.device = group, device
+
+    def send(self, slab: torch.Tensor, dst_rank: int) -> None:
+        import torch.distributed as dist
+
+        dist.send(slab.to(self.device), dst=dst_rank, group=self.group)
+
+    def recv(self, shape: tuple[int, ...], dtype: torch.dtype, src_rank: int) -> torch.Tensor:
+        import torch.distributed as dist
+
+        slab = torch.empty(shape, dtype=dtype, device=self.device)
+        dist.recv(slab, src=src_rank, group=self.group)
+        return slab
+
+
+class CudaIpcTransport:
+    """Same-node GPU pull: the prefill worker exports its caches once as IPC handles; the decode
+    worker opens them and copies the blocks it needs (DistServe's mechanism).
+    NOTE: written for GPU nodes; not exercised by the CPU test suite."""
+
+    @staticmethod
+    def export_caches(caches: KVCaches) -> list[tuple[Any, Any]]:
+        """Picklable handles of every cache tensor (send them to the decode workers once)."""
+        if not torch.cuda.is_available():
+            raise RuntimeError("the CUDA IPC KV transport needs CUDA")
+        from torch.multiprocessing.reductions import reduce_tensor
+
+        return [(reduce_tensor(k), reduce_tensor(v)) for k, v in caches]
+
+    @staticmethod
+    def open_caches(handles: list[tuple[Any, Any]]) -> KVCaches:
+        def rebuild(handle: Any) -> torch.Tensor:
+            fn, args = handle
+            return fn(*args)
+
+        return [(rebuild(k), rebuild(v)) for k, v in handles]
+
+    @staticmethod
+    def pull(remote: KVCaches, local: KVCaches, src_blocks: list[int], dst_blocks: list[int],
+             layers: tuple[tuple[int, int], tuple[int, int]],
+             heads: tuple[tuple[int, int], tuple[int, int]]) -> None:
+        """Copy blocks from the opened prefill caches; `layers`/`heads` are (remote, local)
+        local-index ranges of equal length."""
+        slab = gather_slab(remote, src_blocks, layers[0], heads[0])
+        scatter_slab(local, dst_blocks, layers[1], heads[1], slab)
+        torch.cuda.synchronize()

@@ -1,0 +1,305 @@
+"""The Ray engine's controller: M prefill x N decode instances (or N colocated ones), routing,
+KV migration bookkeeping, failures, and the same step interface as `LLMEngine`.
+
+    add_request --> least-loaded prefill instance --> prefill step samples token #1 (streamed)
+        --> awaiting a pull (blocks held on the prefill instance)
+        --> a decode instance pulls it (can_pull) --> migration in flight (both sides' blocks)
+        --> migration done: prefill frees its blocks; decode admits the request --> tokens
+Each instance has at most one step in flight and advances on its own; `step()` waits (briefly)
+for whatever finishes first. A worker error fails the affected requests with a message; a worker
+call that outlives `step_timeout_s` marks its instance dead and fails its requests.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from distllm.config import DisaggConfig, EngineConfig, ParallelConfig
+from distllm.core.block_manager import AllocStatus
+from distllm.core.request_state import Request, RequestStatus
+from distllm.engine import ray_cluster
+from distllm.engine.output_processor import OutputProcessor
+from distllm.engine.outputs import RequestOutput
+from distllm.engine.stage_engine import StageEngine, submit_migration
+from distllm.request import LifecycleEvent
+from distllm.sampling_params import SamplingParams
+from distllm.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Migration:
+    request: Request
+    src: StageEngine
+    dst: StageEngine
+    src_blocks: list[int]  # held on the prefill instance until the transfer completes
+    refs: list[Any]  # send / receive task refs; each returns the bytes it moved
+    started_s: float
+
+
+def _stage_config(config: EngineConfig, tp: int, pp: int,
+                  num_blocks: int | None) -> EngineConfig:
+    cache = config.cache if num_blocks is None else dataclasses.replace(
+        config.cache, num_kv_blocks=num_blocks)
+    return dataclasses.replace(config, parallel=ParallelConfig(tp=tp, pp=pp), cache=cache)
+
+
+def instance_specs(config: EngineConfig, disagg: DisaggConfig) -> list[tuple[str, str,
+                                                                               EngineConfig]]:
+    """(kind, name, config) of every instance the DisaggConfig asks for."""
+    d = disagg
+    if d.mode == "colocated":
+        stage = _stage_config(config, d.decode_tp, d.decode_pp, d.decode_num_kv_blocks)
+        return [("colocated", f"colocated-{i}", stage) for i in range(d.num_decode_instances)]
+    prefill = _stage_config(config, d.prefill_tp, d.prefill_pp, d.prefill_num_kv_blocks)
+    decode = _stage_config(config, d.decode_tp, d.decode_pp, d.decode_num_kv_blocks)
+    return ([("prefill", f"prefill-{i}", prefill) for i in range(d.num_prefill_instances)]
+            + [("decode", f"decode-{i}", decode) for i in range(d.num_decode_instances)])
+
+
+class _Finisher:
+    """What the output processor calls to stop a request on a stop string: the holder's
+    scheduler."""
+
+    def __init__(self, engine: DisaggEngine) -> None:
+        self.engine = engine
+
+    def finish_requests(self, request_ids: str | list[str], status: RequestStatus) -> None:
+        self.engine.finish_requests(request_ids, status)
+
+
+class DisaggEngine:
+    """Disaggregated (or colocated) serving on Ray, driven one `step()` at a time.
+
+    Args:
+        config: model, cache, scheduler and device settings shared by every instance (its
+            `parallel` is ignored: each instance takes its TP/PP from `disagg`).
+        disagg: instances, their parallelism, Ray address, pull threshold, timeouts.
+    """
+
+    def __init__(self, config: EngineConfig, disagg: DisaggConfig) -> None:
+        self.config, self.disagg = config, disagg
+        self.tokenizer = Tokenizer.from_pretrained(config.model.tokenizer_path)
+        self.output_processor = OutputProcessor(self.tokenizer)
+        self.instances = self._build_instances()
+        self.prefill = [i for i in self.instances if i.kind == "prefill"]
+        self.decode = [i for i in self.instances if i.kind != "prefill"]
+        self._holders: dict[str, tuple[Request, StageEngine]] = {}  # id -> (request, holder)
+        self._awaiting_pull: deque[tuple[StageEngine, Request]] = deque()  # FCFS
+        self._migrations: dict[str, Migration] = {}  # request id -> migration in flight
+        self.migrated_bytes = 0
+        self.migration_time_s = 0.0
+        self._finisher = _Finisher(self)
+
+    def _build_instances(self) -> list[StageEngine]:
+        specs = instance_specs(self.config, self.disagg)
+        threads = self.disagg.num_threads_per_worker
+        num_workers = sum(c.parallel.world_size for _, _, c in specs)
+        ray_cluster.init_ray(self.disagg.ray_address, num_cpus=num_workers * threads)
+        timeout = self.disagg.step_timeout_s
+        workers: list[ray_cluster.InstanceWorkers] = []
+        try:
+            for _, name, cfg in specs:
+                workers.append(ray_cluster.create_instance(name, cfg, threads,
+                                                           self.disagg.affinity, timeout))
+            ray_cluster.init_world(workers, timeout)
+            sizes = [ray_cluster.load_models(w, c.cache.num_kv_blocks, timeout)
+                     for w, (_, _, c) in zip(workers, specs, strict=True)]
+        except BaseException:
+            ray_cluster.destroy(workers)
+            raise
+        return [StageEngine(kind, w, *size, self.disagg)
+                for (kind, _, _), w, size in zip(specs, workers, sizes, strict=True)]
+
+    # ---- requests (the LLMEngine interface) -------------------------------------------------
+    def add_request(self, request_id: str, prompt: str | list[int],
+                    sampling_params: SamplingParams | None = None,
+                    arrival_time: float | None = None) -> Request:
+        """Tokenize and queue on the least-loaded prefill (or colocated) instance. Raises
+        ValueError on an empty or too long prompt, a duplicate id, or no live instance."""
+        text = prompt if isinstance(prompt, str) else None
+        token_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        max_len = self.config.model.max_seq_len
+        if not token_ids:
+            raise ValueError(f"request {request_id}: the prompt is empty")
+        if len(token_ids) > max_len:
+            raise ValueError(f"request {request_id}: prompt of {len(token_ids)} tokens exceeds "
+                             f"max_model_len={max_len}")
+        if request_id in self._holders:
+            raise ValueError(f"request id {request_id!r} is already running")
+        entry = [i for i in (self.prefill or self.decode) if i.is_alive]
+        if not entry:
+            raise ValueError("no live instance can take requests")
+        target = min(entry, key=lambda i: i.load)
+        request = Request(
+            request_id=request_id, prompt_token_ids=token_ids,
+            sampling_params=sampling_params or SamplingParams(),
+            eos_token_id=self.tokenizer.eos_token_id,
+            arrival_time=time.monotonic() if arrival_time is None else arrival_time)
+        target.scheduler.add_request(request)
+        self.output_processor.add_request(request, text)
+        self._holders[request_id] = (request, target)
+        return request
+
+    def abort_request(self, request_ids: str | list[str]) -> None:
+        """Finish requests now wherever they are; blocks of a request whose KV is in flight are
+        freed (on both sides) when the transfer completes."""
+        self.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
+
+    def finish_requests(self, request_ids: str | list[str], status: RequestStatus) -> None:
+        for request_id in [request_ids] if isinstance(request_ids, str) else request_ids:
+            held = self._holders.get(request_id)
+            if held is not None:
+                held[1].scheduler.finish_requests(request_id, status)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._holders or self._migrations)
+
+    @property
+    def num_unfinished_requests(self) -> int:
+        return len(self._holders)
+
+    @property
+    def requests(self) -> dict[str, Request]:
+        """Unfinished requests by id."""
+        return {rid: held[0] for rid, held in self._holders.items()}
+
+    # ---- the step ---------------------------------------------------------------------------
+    def step(self, timeout_s: float = 0.005) -> list[RequestOutput]:
+        """Start what can start (pulls, one step per idle instance), wait up to `timeout_s` for
+        any step or migration to finish, apply the results; outputs of requests that changed."""
+        self._start_pulls()
+        for inst in self.instances:
+            inst.step_once()
+        updated = self._collect(timeout_s)
+        self._check_timeouts()
+        self._start_pulls()
+        for inst in self.instances:
+            inst.step_once()
+        outputs = self.output_processor.process(updated, self._finisher)
+        for output in outputs:
+            if output.finished:
+                self._holders.pop(output.request_id, None)
+        return outputs
+
+    def _collect(self, timeout_s: float) -> list[Request]:
+        pending: list[tuple[Any, list[Any]]] = [(i, i.inflight.refs) for i in self.instances
+                                                if i.inflight is not None]
+        pending += [(m, m.refs) for m in self._migrations.values()]
+        refs = [ref for _, rs in pending for ref in rs]
+        if not refs:
+            time.sleep(min(timeout_s, 0.001))
+            return []
+        ray.wait(refs, num_returns=1, timeout=timeout_s)
+        ready = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
+        updated: list[Request] = []
+        for item, rs in pending:
+            if all(r in ready for r in rs):
+                if isinstance(item, Migration):
+                    self._complete_migration(item)
+                else:
+                    updated += self._complete_step(item)
+        return updated
+
+    def _complete_step(self, inst: StageEngine) -> list[Request]:
+        step, inst.inflight = inst.inflight, None
+        try:
+            output = ray.get(step.refs, timeout=self.disagg.step_timeout_s)[0]
+        except ray.exceptions.RayActorError as e:
+            self._kill_instance(inst, f"worker of {inst.name} died: {e}")
+            return []
+        except ray.exceptions.RayError as e:
+            ids = [r.request_id for r in step.scheduler_output.scheduled]
+            self._fail(inst, ids, f"{inst.name} step failed: {e}")
+            return []
+        updated = inst.scheduler.update_from_output(step.scheduler_output, output)
+        if inst.kind == "prefill":
+            self._awaiting_pull += [(inst, r) for r in inst.scheduler.pop_prefilled()]
+        return updated
+
+    # ---- migrations ---------------------------------------------------------------------------
+    def _start_pulls(self) -> None:
+        """Decode instances pull prefilled requests FCFS while they may."""
+        while self._awaiting_pull:
+            src, request = self._awaiting_pull[0]
+            if request.request_id not in src.scheduler.requests:  # finished or failed
+                self._awaiting_pull.popleft()
+                continue
+            live = sorted((i for i in self.decode if i.is_alive), key=lambda i: i.load)
+            statuses = [inst.scheduler.can_pull(request) for inst in live]
+            if AllocStatus.OK not in statuses:
+                if all(s is AllocStatus.NEVER for s in statuses):
+                    self._awaiting_pull.popleft()
+                    self._fail(src, [request.request_id], "no decode instance can hold its "
+                               f"{request.num_tokens} tokens", RequestStatus.FINISHED_IGNORED)
+                    continue
+                return
+            self._awaiting_pull.popleft()
+            self._start_migration(src, live[statuses.index(AllocStatus.OK)], request)
+
+    def _start_migration(self, src: StageEngine, dst: StageEngine, request: Request) -> None:
+        now = time.monotonic()
+        src_blocks = src.scheduler.release(request)
+        dst_blocks = dst.scheduler.start_migration(request)
+        request.lifetime.record(LifecycleEvent.MIGRATION_BEGIN, now)
+        refs = submit_migration(src, dst, src_blocks, dst_blocks)
+        self._migrations[request.request_id] = Migration(request, src, dst, src_blocks, refs,
+                                                         now)
+        self._holders[request.request_id] = (request, dst)
+
+    def _complete_migration(self, m: Migration, error: str | None = None) -> None:
+        del self._migrations[m.request.request_id]
+        if error is None:
+            try:
+                self.migrated_bytes += sum(ray.get(m.refs, timeout=self.disagg.step_timeout_s))
+                self.migration_time_s += time.monotonic() - m.started_s
+            except ray.exceptions.RayError as e:
+                error = f"KV migration {m.src.name} -> {m.dst.name} failed: {e}"
+        m.src.scheduler.free_blocks(m.src_blocks)
+        if error is not None and not m.request.is_finished:
+            m.request.error = error
+            logger.warning("request %s: %s", m.request.request_id, error)
+        m.dst.scheduler.finish_migration(m.request.request_id, ok=error is None)
+
+    # ---- failures -------------------------------------------------------------------------------
+    def _fail(self, inst: StageEngine, request_ids: list[str], message: str,
+              status: RequestStatus = RequestStatus.FINISHED_ABORTED) -> None:
+        for request_id in request_ids:
+            request = inst.scheduler.requests.get(request_id)
+            if request is not None and request_id not in self._migrations:
+                request.error = message
+                inst.scheduler.finish_requests(request_id, status)
+        logger.warning("%d request(s) failed: %s", len(request_ids), message)
+
+    def _kill_instance(self, inst: StageEngine, reason: str) -> None:
+        inst.dead_reason, inst.inflight = reason, None
+        self._fail(inst, list(inst.scheduler.requests), reason)
+        for m in [m for m in self._migrations.values() if inst in (m.src, m.dst)]:
+            self._complete_migration(m, error=reason)
+
+    def _check_timeouts(self) -> None:
+        now, limit = time.monotonic(), self.disagg.step_timeout_s
+        for inst in self.instances:
+            if inst.inflight is not None and now - inst.inflight.started_s > limit:
+                self._kill_instance(inst, f"{inst.name}: a step ran over {limit:.0f} s")
+        for m in [m for m in self._migrations.values() if now - m.started_s > limit]:
+            self._complete_migration(m, error=f"KV migration ran over {limit:.0f} s")
+
+    # ---- queries / lifecycle --------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Per-instance queue lengths and block usage, plus migration counters."""
+        return {"instances": {i.name: i.stats() for i in self.instances},
+                "num_migrations_in_flight": len(self._migrations),
+                "num_awaiting_pull": len(self._awaiting_pull),
+                "migrated_bytes": self.migrated_bytes}
+
+    def shutdown(self) -> None:
+        """Kill every worker and free the placement groups (Ray itself keeps running)."""
+        ray_cluster.destroy([i.ray for i in self.instances])

@@ -1,0 +1,111 @@
+"""Ray plumbing: join or start a cluster, one placement group per instance (its tp x pp workers
+kept together as the affinity asks), the world process group over every worker, model loading.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from distllm.config import EngineConfig
+from distllm.worker.ray_worker import RemoteRayWorker
+
+logger = logging.getLogger(__name__)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join `address`, or reuse the running cluster, or start a local one (logical CPUs: at
+    least `num_cpus`, so every worker actor gets its bundle on a small machine)."""
+    if ray.is_initialized():
+        return
+    if address is not None:
+        ray.init(address=address, log_to_driver=False)
+        return
+    ray.init(num_cpus=max(num_cpus or 1, os.cpu_count() or 1), include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+
+
+@dataclass
+class InstanceWorkers:
+    """The Ray side of one instance: its workers (index pp_rank * tp + tp_rank) and their
+    global ranks in the world group."""
+
+    name: str
+    config: EngineConfig  # the instance's config (parallel = its tp x pp)
+    workers: list[Any]  # RemoteRayWorker actor handles
+    placement_group: Any
+    ranks: list[int] = field(default_factory=list)
+
+
+def create_instance(name: str, config: EngineConfig, num_threads: int, affinity: str,
+                    timeout_s: float) -> InstanceWorkers:
+    """Reserve a placement group (one CPU/GPU bundle per worker) and start the workers in it."""
+    tp, pp = config.parallel.tp, config.parallel.pp
+    bundle = {"GPU": 1, "CPU": 1} if config.device == "cuda" else {"CPU": num_threads}
+    strategy = "STRICT_PACK" if affinity == "high" else "PACK"
+    pg = placement_group([dict(bundle) for _ in range(tp * pp)], strategy=strategy,
+                         name=f"distllm-{name}-{os.getpid()}")
+    try:
+        ray.get(pg.ready(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError as e:
+        remove_placement_group(pg)
+        raise RuntimeError(f"instance {name}: the Ray cluster cannot place {tp * pp} workers "
+                           f"with {bundle} each ({strategy}) within {timeout_s:.0f} s") from e
+    env = {"OMP_NUM_THREADS": str(num_threads), "DISTLLM_NUM_THREADS": str(num_threads)}
+    workers = []
+    for index in range(tp * pp):
+        strategy_i = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index)
+        options = dict(scheduling_strategy=strategy_i, runtime_env={"env_vars": env},
+                       num_cpus=0 if config.device == "cuda" else num_threads,
+                       num_gpus=1 if config.device == "cuda" else 0)
+        workers.append(RemoteRayWorker.options(**options).remote(
+            config, tp_rank=index % tp, pp_rank=index // tp, num_threads=num_threads))
+    return InstanceWorkers(name, config, workers, pg)
+
+
+def init_world(instances: list[InstanceWorkers], timeout_s: float) -> None:
+    """Number every worker, start the world group and each instance's TP groups."""
+    rank = 0
+    tp_groups: list[list[int]] = []
+    for inst in instances:
+        inst.ranks = list(range(rank, rank + len(inst.workers)))
+        rank += len(inst.workers)
+        tp = inst.config.parallel.tp
+        tp_groups += [inst.ranks[i:i + tp] for i in range(0, len(inst.ranks), tp)]
+    first = instances[0].workers[0]
+    addr, port = ray.get(first.master_address.remote(), timeout=timeout_s)
+    refs = [w.init_distributed.remote(addr, port, r, rank, tp_groups)
+            for inst in instances for w, r in zip(inst.workers, inst.ranks, strict=True)]
+    ray.get(refs, timeout=timeout_s)
+
+
+def load_models(inst: InstanceWorkers, num_blocks: int | None,
+                timeout_s: float) -> tuple[int, int]:
+    """Load the instance's shards and size its cache (the smallest shard's budget, or
+    `num_blocks`); returns (device blocks, swap blocks)."""
+    sizes = ray.get([w.load_model.options(concurrency_group="compute").remote()
+                     for w in inst.workers], timeout=timeout_s)
+    device = num_blocks or min(s[0] for s in sizes)
+    swap = min(s[1] for s in sizes)
+    ray.get([w.init_cache.options(concurrency_group="compute").remote(device, swap)
+             for w in inst.workers], timeout=timeout_s)
+    return device, swap
+
+
+def destroy(instances: list[InstanceWorkers]) -> None:
+    """Kill the workers and free their placement groups (best effort)."""
+    for inst in instances:
+        for w in inst.workers:
+            try:
+                ray.kill(w)
+            except Exception:  # noqa: BLE001 - already dead
+                logger.debug("worker of %s already gone", inst.name)
+        try:
+            remove_placement_group(inst.placement_group)
+        except Exception:  # noqa: BLE001 - cluster already down
+            logger.debug("placement group of %s already gone", inst.name)

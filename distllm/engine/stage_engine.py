@@ -1,0 +1,133 @@
+"""One instance of the Ray engine: a prefill, decode or colocated scheduler with its block
+manager, driving the instance's tp x pp Ray workers.
+
+    submit(schedule()):  stage 0 workers --hidden (Ray object refs)--> stage 1 ... --> last stage
+    TP ranks of a stage run the same SchedulerOutput in lockstep (all-reduce over their gloo
+    group); TP rank 0 of the last stage returns the sampled tokens.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from distllm.config import DisaggConfig
+from distllm.core.block_manager import BlockManager
+from distllm.core.colocated_scheduler import ColocatedScheduler
+from distllm.core.decode_scheduler import DecodeScheduler
+from distllm.core.prefill_scheduler import PrefillScheduler
+from distllm.core.scheduler import Scheduler
+from distllm.core.scheduler_output import SchedulerOutput
+from distllm.distributed.kv_transport import SlabTransfer, plan_migration
+from distllm.engine.ray_cluster import InstanceWorkers
+
+KINDS = ("prefill", "decode", "colocated")
+
+
+@dataclass
+class InflightStep:
+    """A submitted step: done when every ref is ready; refs[0] carries the sampled tokens."""
+
+    refs: list[Any]  # ObjectRefs of the last stage's TP ranks
+    scheduler_output: SchedulerOutput
+    started_s: float
+
+
+class StageEngine:
+    """Scheduler + block manager of one instance, and the handles of its workers."""
+
+    def __init__(self, kind: str, workers: InstanceWorkers, num_blocks: int,
+                 num_swap_blocks: int, disagg: DisaggConfig) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.kind, self.name, self.ray = kind, workers.name, workers
+        config = workers.config
+        self.config = config
+        self.block_manager = BlockManager(num_blocks, config.cache.block_size,
+                                          config.cache.watermark, num_swap_blocks)
+        args = (config.scheduler, self.block_manager, config.model.max_seq_len)
+        self.scheduler: Scheduler
+        if kind == "prefill":
+            self.scheduler = PrefillScheduler(*args)
+        elif kind == "decode":
+            self.scheduler = DecodeScheduler(*args, pull_threshold=disagg.decode_pull_threshold)
+        else:
+            self.scheduler = ColocatedScheduler(*args)
+        self.inflight: InflightStep | None = None
+        self.dead_reason: str | None = None  # set when a worker died or hung
+
+    @property
+    def tp(self) -> int:
+        return self.config.parallel.tp
+
+    @property
+    def pp(self) -> int:
+        return self.config.parallel.pp
+
+    @property
+    def is_alive(self) -> bool:
+        return self.dead_reason is None
+
+    def step_once(self) -> bool:
+        """Schedule and submit a step when none is in flight; True if one was submitted."""
+        if self.inflight is not None or not self.is_alive:
+            return False
+        out = self.scheduler.schedule()
+        if not (out.has_forward or out.blocks_to_swap_in or out.blocks_to_swap_out
+                or out.blocks_to_copy or out.finished_request_ids):
+            return False
+        self.inflight = InflightStep(self.submit(out), out, time.monotonic())
+        return True
+
+    def submit(self, scheduler_output: SchedulerOutput) -> list[Any]:
+        """Run the step on every worker, stage after stage; returns the last stage's refs."""
+        refs: list[Any] = [None] * self.tp
+        for pp_rank in range(self.pp):
+            stage = self.ray.workers[pp_rank * self.tp:(pp_rank + 1) * self.tp]
+            refs = [w.execute_model.options(concurrency_group="compute").remote(
+                scheduler_output, ref) for w, ref in zip(stage, refs, strict=True)]
+        return refs
+
+    @property
+    def load(self) -> float:
+        """Work queued here, for routing: pending prompt tokens (prefill) or requests."""
+        s = self.scheduler
+        if isinstance(s, PrefillScheduler):
+            return s.num_pending_tokens
+        return s.num_unfinished_requests
+
+    def stats(self) -> dict[str, Any]:
+        s, bm = self.scheduler, self.block_manager
+        out = {"kind": self.kind, "num_running": len(s.running), "num_waiting": len(s.waiting),
+               "num_swapped": len(s.swapped), "num_blocks": bm.num_blocks,
+               "num_free_blocks": bm.num_free_blocks,
+               "num_free_swap_blocks": bm.num_free_swap_blocks, "alive": self.is_alive}
+        if isinstance(s, DecodeScheduler):
+            out["num_migrating"] = len(s.migrating)
+        return out
+
+
+@cache
+def _plan(num_layers: int, num_kv_heads: int, src: tuple[int, int],
+          dst: tuple[int, int]) -> list[SlabTransfer]:
+    return plan_migration(num_layers, num_kv_heads, *src, *dst)
+
+
+def submit_migration(src: StageEngine, dst: StageEngine, src_blocks: list[int],
+                     dst_blocks: list[int]) -> list[Any]:
+    """Start moving a request's KV from `src` to `dst` (its blocks, in logical order). Returns
+    the refs of every send and receive task (each returns the bytes it moved)."""
+    dims = src.config.model.dims
+    plan = _plan(dims.num_layers, dims.num_kv_heads, (src.tp, src.pp), (dst.tp, dst.pp))
+    refs = []
+    for i, worker in enumerate(src.ray.workers):
+        mine = [t for t in plan if t.src == i]
+        if mine:
+            refs.append(worker.send_kv.options(concurrency_group="migrate").remote(
+                src_blocks, mine, [dst.ray.ranks[t.dst] for t in mine]))
+    for i, worker in enumerate(dst.ray.workers):
+        mine = [t for t in plan if t.dst == i]
+        refs.append(worker.recv_kv.options(concurrency_group="migrate").remote(
+            dst_blocks, mine, [src.ray.ranks[t.src] for t in mine]))
+    return refs

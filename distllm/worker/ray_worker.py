@@ -1,0 +1,128 @@
+"""The Ray actor of one worker: a `Worker` for one (pp_rank, tp_rank) shard of an instance, its
+process groups, and its half of KV migrations.
+
+Two concurrency groups, one thread each: "compute" (cache moves and forwards, in submission
+order) and "migrate" (KV sends / receives, in submission order). A migration touches only blocks
+that no forward uses until it completes, so the two may overlap.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import ray
+import torch
+
+from distllm.config import EngineConfig
+from distllm.core.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from distllm.distributed import kv_transport
+from distllm.distributed.kv_transport import SlabTransfer
+from distllm.distributed.parallel_info import ParallelInfo
+
+logger = logging.getLogger(__name__)
+
+
+class RayWorker:
+    """Holds one model shard and its KV cache inside a Ray worker process.
+
+    Args:
+        config: the instance's engine config (its `parallel` gives tp and pp).
+        tp_rank, pp_rank: this worker's coordinates in the instance.
+        num_threads: torch intra-op threads of this process.
+    """
+
+    def __init__(self, config: EngineConfig, tp_rank: int, pp_rank: int,
+                 num_threads: int = 1) -> None:
+        torch.set_num_threads(num_threads)
+        self.config = config
+        self.parallel = ParallelInfo(tp_rank=tp_rank, tp_size=config.parallel.tp,
+                                     pp_rank=pp_rank, pp_size=config.parallel.pp)
+        self.worker: Any = None  # distllm.worker.worker.Worker, built by load_model
+        self.rank = -1  # global rank in the world group
+        self.transport: kv_transport.KVTransport | None = None
+
+    def master_address(self) -> tuple[str, int]:
+        """(ip, free port) for the world group's store, when this worker is rank 0."""
+        from distllm.distributed.process_groups import find_free_port, node_ip
+
+        ip = node_ip()
+        return ip, find_free_port("0.0.0.0" if ip != "127.0.0.1" else ip)
+
+    def init_distributed(self, master_addr: str, master_port: int, rank: int, world_size: int,
+                         tp_groups: list[list[int]]) -> None:
+        from distllm.distributed.process_groups import init_world
+
+        init_world(master_addr, master_port, rank, world_size, tp_groups)
+        self.rank = rank
+        self.transport = kv_transport.GlooTransport()
+
+    def load_model(self) -> tuple[int, int]:
+        """Build the shard and load its weights; returns (device, swap) blocks it affords."""
+        from distllm.worker.worker import Worker
+
+        self.worker = Worker(self.config, self.parallel)
+        return self.worker.determine_num_blocks()
+
+    def init_cache(self, num_blocks: int, num_swap_blocks: int) -> None:
+        self.worker.init_cache(num_blocks, num_swap_blocks)
+
+    def execute_model(self, scheduler_output: SchedulerOutput,
+                      intermediate: torch.Tensor | ModelRunnerOutput | None = None
+                      ) -> ModelRunnerOutput | torch.Tensor | None:
+        """One step of this shard. Returns the hidden states on a stage before the last, the
+        sampled tokens on TP rank 0 of the last stage, None on its other TP ranks."""
+        if isinstance(intermediate, ModelRunnerOutput):  # the previous stage had no forward
+            intermediate = None
+        out = self.worker.execute_model(scheduler_output, intermediate)
+        if self.parallel.is_last_pp_rank and self.parallel.tp_rank != 0:
+            return None
+        return out
+
+    def send_kv(self, block_ids: list[int], transfers: list[SlabTransfer],
+                dst_ranks: list[int]) -> int:
+        """Send this worker's slabs of `block_ids`; `dst_ranks[i]` is the global rank of
+        `transfers[i].dst`. Returns the bytes sent."""
+        nbytes = 0
+        for t, dst_rank in zip(transfers, dst_ranks, strict=True):
+            slab = kv_transport.gather_slab(self._caches(), block_ids, *self._local(t))
+            self.transport.send(slab, dst_rank)
+            nbytes += slab.numel() * slab.element_size()
+        return nbytes
+
+    def recv_kv(self, block_ids: list[int], transfers: list[SlabTransfer],
+                src_ranks: list[int]) -> int:
+        """Receive this worker's slabs into `block_ids`; returns the bytes received."""
+        caches = self._caches()
+        head_dim, block_size = caches[0][0].shape[-1], caches[0][0].shape[-2]
+        nbytes = 0
+        for t, src_rank in zip(transfers, src_ranks, strict=True):
+            layers, heads = self._local(t)
+            shape = kv_transport.slab_shape(layers[1] - layers[0], len(block_ids),
+                                            heads[1] - heads[0], block_size, head_dim)
+            slab = self.transport.recv(shape, caches[0][0].dtype, src_rank)
+            kv_transport.scatter_slab(caches, block_ids, layers, heads, slab)
+            nbytes += slab.numel() * slab.element_size()
+        return nbytes
+
+    def _caches(self) -> kv_transport.KVCaches:
+        return self.worker.cache_engine.device_caches
+
+    def _local(self, t: SlabTransfer) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The transfer's global layer / head ranges in this worker's cache indices."""
+        dims = self.config.model.dims
+        layer0 = self.parallel.layer_range(dims.num_layers)[0]
+        head0 = kv_transport.kv_head_range(dims.num_kv_heads, self.parallel.tp_rank,
+                                           self.parallel.tp_size)[0]
+        return ((t.layers[0] - layer0, t.layers[1] - layer0),
+                (t.heads[0] - head0, t.heads[1] - head0))
+
+    def shutdown(self) -> None:
+        from distllm.distributed.process_groups import destroy_world
+
+        destroy_world()
+
+
+# NOTE: the remote class; the plain class above stays importable and testable without Ray.
+RemoteRayWorker = ray.remote(concurrency_groups={"compute": 1, "migrate": 1})(RayWorker)
+COMPUTE_METHODS = ("execute_model", "init_cache", "load_model")
+MIGRATE_METHODS = ("send_kv", "recv_kv")
