@@ -40,6 +40,7 @@ class BenchConfig:
     sweep_rel_tol: float = 0.05
     num_gpus: int | None = None
     output_dir: str = "results"
+    label: str | None = None  # series name for analyze.py (default: backend + dataset)
     extra_body: dict = field(default_factory=dict)
     request_timeout_s: float = 600.0
     spin_ms: float = 2.0
@@ -65,6 +66,7 @@ class BenchConfig:
             "ttft_slo_ms",
             "tpot_slo_ms",
             "attainment",
+            "label",
         )
         d = asdict(self)
         return {k: d[k] for k in keep}
@@ -148,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_sweep_args(p)
     p.add_argument("--output-dir", default="results")
+    p.add_argument("--label", default=None, help="series name in .exp meta (for analyze.py)")
     p.add_argument("--extra-body", type=json.loads, default={}, help="JSON merged into requests")
     p.add_argument("--request-timeout-s", type=_positive(float), default=600.0)
     p.add_argument("--spin-ms", type=float, default=2.0, help="busy-yield window before a send")
@@ -199,6 +202,7 @@ def parse_args(argv: list[str] | None = None) -> BenchConfig:
             sweep_rel_tol=ns.sweep_rel_tol,
             num_gpus=ns.num_gpus,
             output_dir=ns.output_dir,
+            label=ns.label,
             extra_body=ns.extra_body,
             request_timeout_s=ns.request_timeout_s,
             spin_ms=ns.spin_ms,

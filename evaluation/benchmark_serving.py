@@ -26,7 +26,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataset.common import DatasetRequest, read_dataset
+from dataset.common import DatasetRequest, read_dataset, read_meta
 from evaluation.arrivals import ArrivalConfig, arrival_schedule
 from evaluation.backends import Backend, create_backend
 from evaluation.bench_cli import BenchConfig, parse_args
@@ -35,6 +35,13 @@ from evaluation.load_runner import RunnerConfig, run_round
 from evaluation.sweep import SweepConfig, SweepResult, find_goodput
 
 logger = logging.getLogger(__name__)
+
+
+def dataset_meta(cfg: BenchConfig) -> dict | None:
+    """The dataset's sidecar `.meta.json` (source, tokenizer, filters, stats), if any."""
+    if cfg.dataset.startswith("synthetic:"):
+        return {"source": "synthetic", "preset": cfg.dataset.split(":", 1)[1], "seed": cfg.seed}
+    return read_meta(cfg.dataset)
 
 
 def load_requests(cfg: BenchConfig) -> list[DatasetRequest]:
@@ -96,6 +103,7 @@ async def run_one_round(
         "num_prompts": num_prompts,
         "url": backend.url,
         "streaming": backend.is_streaming,
+        "dataset_meta": dataset_meta(cfg),
     }
     name = f"{cfg.backend}-{tag}{num_prompts}-{rate:g}.exp"
     path = write_exp(Path(cfg.output_dir) / name, build_exp(meta, result, summary))

@@ -41,6 +41,8 @@ def test_distllm_rounds(tmp_path: Path, mock_server: ServerThread) -> None:
         tmp_path / "out",
         "--num-prompts-req-rates",
         "[(12, 100), (8, 'inf')]",
+        "--label",
+        "disagg",
         "--ttft-slo-ms",
         "5000",
         "--tpot-slo-ms",
@@ -52,6 +54,7 @@ def test_distllm_rounds(tmp_path: Path, mock_server: ServerThread) -> None:
     for name, n in (("distllm-12-100.exp", 12), ("distllm-8-inf.exp", 8)):
         run = load_exp(tmp_path / "out" / name)
         assert run.meta["num_prompts"] == n and run.meta["backend"] == "distllm"
+        assert run.meta["dataset_meta"]["source"] == "unit" and run.meta["label"] == "disagg"
         assert len(run.records) == n and all(r.ok for r in run.records)
         assert {(r.prompt_len, r.output_len) for r in run.records} <= known
         for rec, life in zip(run.records, run.lifetimes, strict=True):
