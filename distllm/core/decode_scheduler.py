@@ -51,6 +51,7 @@ class DecodeScheduler(ColocatedScheduler):
         self.requests[request.request_id] = request
         self.migrating[request.request_id] = request
         request.status = RequestStatus.WAITING
+        request.lifetime.record(LifecycleEvent.MIGRATION_BEGIN, time.monotonic())
         return list(request.block_table)
 
     def finish_migration(self, request_id: str, ok: bool = True) -> None:

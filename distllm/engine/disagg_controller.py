@@ -27,7 +27,6 @@ from distllm.engine import ray_cluster
 from distllm.engine.output_processor import OutputProcessor
 from distllm.engine.outputs import RequestOutput
 from distllm.engine.stage_engine import StageEngine, submit_migration
-from distllm.request import LifecycleEvent
 from distllm.sampling_params import SamplingParams
 from distllm.tokenizer import Tokenizer
 
@@ -237,8 +236,9 @@ class DisaggEngine:
             if AllocStatus.OK not in statuses:
                 if all(s is AllocStatus.NEVER for s in statuses):
                     self._awaiting_pull.popleft()
-                    self._fail(src, [request.request_id], "no decode instance can hold its "
-                               f"{request.num_tokens} tokens", RequestStatus.FINISHED_IGNORED)
+                    reason = (f"no decode instance can hold its {request.num_tokens} tokens"
+                              if live else "no live decode instance")
+                    self._fail(src, [request.request_id], reason, RequestStatus.FINISHED_IGNORED)
                     continue
                 return
             self._awaiting_pull.popleft()
@@ -248,8 +248,9 @@ class DisaggEngine:
         now = time.monotonic()
         src_blocks = src.scheduler.release(request)
         dst_blocks = dst.scheduler.start_migration(request)
-        request.lifetime.record(LifecycleEvent.MIGRATION_BEGIN, now)
-        refs = submit_migration(src, dst, src_blocks, dst_blocks)
+        # NOTE: decode holds one more slot (token #1's KV is computed there); it may start a
+        # block the prefill side never had.
+        refs = submit_migration(src, dst, src_blocks, dst_blocks[:len(src_blocks)])
         self._migrations[request.request_id] = Migration(request, src, dst, src_blocks, refs,
                                                          now)
         self._holders[request.request_id] = (request, dst)

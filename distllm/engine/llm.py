@@ -27,13 +27,34 @@ class LLM:
 
     Args:
         model: local HF-format model directory.
+        mode: None runs one in-process engine; "disaggregated" or "colocated" runs instances
+            on Ray (see DisaggConfig; its fields, e.g. prefill_tp, decode_pp,
+            num_prefill_instances, are accepted as keyword arguments too).
         **kwargs: any EngineConfig field by name (dtype, block_size, num_kv_blocks,
             max_num_seqs, max_num_batched_tokens, max_model_len, load_format, seed, ...).
     """
 
-    def __init__(self, model: str, **kwargs: Any) -> None:
-        self.engine = LLMEngine(EngineConfig.from_kwargs(model, **kwargs))
+    def __init__(self, model: str, mode: str | None = None, **kwargs: Any) -> None:
+        from dataclasses import fields
+
+        from distllm.config import DisaggConfig
+
+        names = {f.name for f in fields(DisaggConfig)}
+        disagg_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+        config = EngineConfig.from_kwargs(model, **kwargs)
+        if mode is None and not disagg_kwargs:
+            self.engine = LLMEngine(config)
+        else:
+            from distllm.engine.disagg_controller import DisaggEngine
+
+            disagg = DisaggConfig(mode=mode or "disaggregated", **disagg_kwargs)
+            self.engine = DisaggEngine(config, disagg)
         self._ids = itertools.count()
+
+    def shutdown(self) -> None:
+        """Stop the Ray workers of a disaggregated / colocated-on-Ray engine (no-op otherwise)."""
+        if hasattr(self.engine, "shutdown"):
+            self.engine.shutdown()
 
     @classmethod
     def from_engine_config(cls, config: EngineConfig) -> LLM:

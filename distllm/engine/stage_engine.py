@@ -117,7 +117,7 @@ def _plan(num_layers: int, num_kv_heads: int, src: tuple[int, int],
 def submit_migration(src: StageEngine, dst: StageEngine, src_blocks: list[int],
                      dst_blocks: list[int]) -> list[Any]:
     """Start moving a request's KV from `src` to `dst` (its blocks, in logical order). Returns
-    the refs of every send and receive task (each returns the bytes it moved)."""
+    the refs of every send and receive task (their results sum to the bytes moved)."""
     dims = src.config.model.dims
     plan = _plan(dims.num_layers, dims.num_kv_heads, (src.tp, src.pp), (dst.tp, dst.pp))
     refs = []

@@ -81,13 +81,11 @@ class RayWorker:
     def send_kv(self, block_ids: list[int], transfers: list[SlabTransfer],
                 dst_ranks: list[int]) -> int:
         """Send this worker's slabs of `block_ids`; `dst_ranks[i]` is the global rank of
-        `transfers[i].dst`. Returns the bytes sent."""
-        nbytes = 0
+        `transfers[i].dst`. Returns 0 (the receivers count the bytes)."""
         for t, dst_rank in zip(transfers, dst_ranks, strict=True):
             slab = kv_transport.gather_slab(self._caches(), block_ids, *self._local(t))
             self.transport.send(slab, dst_rank)
-            nbytes += slab.numel() * slab.element_size()
-        return nbytes
+        return 0
 
     def recv_kv(self, block_ids: list[int], transfers: list[SlabTransfer],
                 src_ranks: list[int]) -> int:
