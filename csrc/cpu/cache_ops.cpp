@@ -18,6 +18,16 @@ void check_cache(const torch::Tensor& cache, const char* name) {
 // OpenMP threads for the copies: torch's intra-op thread count.
 int num_threads() { return std::max(1, at::get_num_threads()); }
 
+// Checks lo <= v[i] < hi over a contiguous int64 tensor (a loop: at::min/max cost microseconds).
+// Entries < 0 are allowed when skip_negative (padding slots).
+void check_ids(const torch::Tensor& ids, int64_t hi, bool skip_negative, const char* what) {
+  const int64_t* v = ids.data_ptr<int64_t>();
+  for (int64_t i = 0; i < ids.numel(); ++i) {
+    TORCH_CHECK(v[i] < hi && (v[i] >= 0 || skip_negative), what, " ", v[i], " out of range [0, ",
+                hi, ")");
+  }
+}
+
 int64_t block_bytes(const torch::Tensor& cache) {
   return cache.size(0) == 0 ? 0 : cache.nbytes() / cache.size(0);
 }
@@ -43,7 +53,7 @@ void reshape_and_cache(const torch::Tensor& key, const torch::Tensor& value,
   const int64_t num_tokens = k.size(0), kvh = k.size(1), D = k.size(2);
   const int64_t bs = key_cache.size(2), num_blocks = key_cache.size(0);
   if (num_tokens == 0) return;
-  TORCH_CHECK(slots.max().item<int64_t>() < num_blocks * bs, "slot out of range of the cache");
+  check_ids(slots, num_blocks * bs, /*skip_negative=*/true, "slot");
   const int64_t es = k.element_size(), row = D * es;
   const int64_t* slot = slots.data_ptr<int64_t>();
   const char* kp = static_cast<const char*>(k.data_ptr());
@@ -82,8 +92,7 @@ void copy_blocks(const std::vector<torch::Tensor>& key_caches,
   }
   if (num_pairs == 0 || num_layers == 0) return;
   const int64_t num_blocks = key_caches[0].size(0), bytes = block_bytes(key_caches[0]);
-  TORCH_CHECK(mapping.min().item<int64_t>() >= 0 && mapping.max().item<int64_t>() < num_blocks,
-              "block id out of range");
+  check_ids(mapping, num_blocks, /*skip_negative=*/false, "block id");
   // NOTE: like vLLM, a block must not be both a source and a destination in one call.
 #pragma omp parallel for schedule(static) if (num_pairs * num_layers > 4) \
     num_threads(num_threads())
@@ -104,10 +113,8 @@ void swap_blocks(const torch::Tensor& src, torch::Tensor& dst, const torch::Tens
   const int64_t num_pairs = mapping.size(0), bytes = block_bytes(src);
   if (num_pairs == 0) return;
   const int64_t* pairs = mapping.data_ptr<int64_t>();
-  torch::Tensor s_ids = mapping.select(1, 0), d_ids = mapping.select(1, 1);
-  TORCH_CHECK(s_ids.min().item<int64_t>() >= 0 && s_ids.max().item<int64_t>() < src.size(0) &&
-                  d_ids.min().item<int64_t>() >= 0 && d_ids.max().item<int64_t>() < dst.size(0),
-              "block id out of range");
+  check_ids(mapping.select(1, 0).contiguous(), src.size(0), false, "source block id");
+  check_ids(mapping.select(1, 1).contiguous(), dst.size(0), false, "destination block id");
   const char* sp = static_cast<const char*>(src.data_ptr());
   char* dp = static_cast<char*>(dst.data_ptr());
 #pragma omp parallel for schedule(static) if (num_pairs * bytes > (1 << 20)) \
