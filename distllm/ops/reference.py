@@ -48,8 +48,8 @@ def _attend(
     k = k.repeat_interleave(group, dim=0)
     v = v.repeat_interleave(group, dim=0)
     scores = torch.matmul(q, k.transpose(1, 2)) * scale  # [h, q_len, kv_len]
-    q_pos = torch.arange(q.shape[1]).unsqueeze(1) + q_offset
-    kv_pos = torch.arange(k.shape[1]).unsqueeze(0)
+    q_pos = torch.arange(q.shape[1], device=q.device).unsqueeze(1) + q_offset
+    kv_pos = torch.arange(k.shape[1], device=q.device).unsqueeze(0)
     scores = scores.masked_fill(kv_pos > q_pos, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     return torch.matmul(probs, v).transpose(0, 1)
@@ -109,7 +109,7 @@ def copy_blocks(
     block_mapping: torch.Tensor,  # [num_pairs, 2], int64: (src, dst)
 ) -> None:
     src, dst = block_mapping[:, 0].long(), block_mapping[:, 1].long()
-    for k, v in zip(key_caches, value_caches):
+    for k, v in zip(key_caches, value_caches, strict=True):
         k[dst] = k[src]
         v[dst] = v[src]
 
