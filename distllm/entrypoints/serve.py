@@ -67,6 +67,8 @@ def run_server(ns: argparse.Namespace) -> None:
         config = uvicorn.Config(app, host=ns.host, port=ns.port, log_level=ns.log_level,
                                 access_log=ns.access_log, timeout_graceful_shutdown=5)
         uvicorn.Server(config).run()
+    except KeyboardInterrupt:  # NOTE: uvicorn re-raises SIGINT after its graceful shutdown
+        logger.info("interrupted: server stopped")
     finally:
         engine.shutdown()
 
