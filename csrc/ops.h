@@ -37,3 +37,29 @@ void swap_blocks(const torch::Tensor& src, torch::Tensor& dst, const torch::Tens
 std::string cpu_isa();
 // Forces an ISA level (tests); raises if the CPU lacks it. "auto" restores detection.
 void set_cpu_isa(const std::string& isa);
+
+#ifdef DISTLLM_WITH_CUDA
+// CUDA implementations (cuda/torch_ops.cpp, cuda/torch_block_ops.cpp) of the schemas above,
+// registered for the CUDA dispatch key; fp16/bf16 attention, any dtype for the block movers.
+void paged_decode_attention_cuda(torch::Tensor& out, const torch::Tensor& query,
+                                 const torch::Tensor& key_cache, const torch::Tensor& value_cache,
+                                 const torch::Tensor& block_tables,
+                                 const torch::Tensor& context_lens, double scale,
+                                 int64_t num_splits);
+void reshape_and_cache_cuda(const torch::Tensor& key, const torch::Tensor& value,
+                            torch::Tensor& key_cache, torch::Tensor& value_cache,
+                            const torch::Tensor& slot_mapping);
+void copy_blocks_cuda(const std::vector<torch::Tensor>& key_caches,
+                      const std::vector<torch::Tensor>& value_caches,
+                      const torch::Tensor& block_mapping);
+// One side may be (pinned) CPU memory; the copy runs on a dedicated per-device stream.
+void swap_blocks_cuda(const torch::Tensor& src, torch::Tensor& dst,
+                      const torch::Tensor& block_mapping);
+// dst_caches[c][dst_blocks[j], dst_head_start + h] = src_caches[c][src_blocks[j],
+// src_head_start + h] for h < num_heads, every cache c and pair j, in one kernel launch.
+// Caches: [num_blocks, num_kv_heads, block_size, head_dim]; src may be IPC-opened memory.
+void migrate_blocks_cuda(const std::vector<torch::Tensor>& src_caches,
+                         const std::vector<torch::Tensor>& dst_caches,
+                         const torch::Tensor& src_blocks, const torch::Tensor& dst_blocks,
+                         int64_t src_head_start, int64_t dst_head_start, int64_t num_heads);
+#endif

@@ -31,6 +31,17 @@ TORCH_LIBRARY(distllm_C, m) {
 
   m.def("cpu_isa() -> str", &cpu_isa);
   m.def("set_cpu_isa(str isa) -> ()", &set_cpu_isa);
+
+#ifdef DISTLLM_WITH_CUDA
+  m.impl("paged_decode_attention", torch::kCUDA, &paged_decode_attention_cuda);
+  m.impl("reshape_and_cache", torch::kCUDA, &reshape_and_cache_cuda);
+  m.impl("copy_blocks", torch::kCUDA, &copy_blocks_cuda);
+  m.impl("swap_blocks", torch::kCUDA, &swap_blocks_cuda);
+  m.def(
+      "migrate_blocks(Tensor[] src_caches, Tensor(a!)[] dst_caches, Tensor src_blocks, "
+      "Tensor dst_blocks, int src_head_start, int dst_head_start, int num_heads) -> ()");
+  m.impl("migrate_blocks", torch::kCUDA, &migrate_blocks_cuda);
+#endif
 }
 
 PyMODINIT_FUNC PyInit__C(void) {

@@ -66,8 +66,9 @@ __global__ void __launch_bounds__(kCopyThreads) block_copy_kernel(const BlockCop
                 p.chunk_bytes / static_cast<int64_t>(sizeof(U)));
 }
 
+bool aligned(const void* ptr, int n) { return reinterpret_cast<uintptr_t>(ptr) % n == 0; }
 bool aligned16(int64_t v) { return v % 16 == 0; }
-bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+bool aligned16(const void* ptr) { return aligned(ptr, 16); }
 
 }  // namespace
 
@@ -77,9 +78,10 @@ cudaError_t launch_reshape_and_cache(const AppendParams& p, cudaStream_t stream)
                      aligned16(p.value_cache) && aligned16(p.head_bytes) &&
                      aligned16(p.key_stride_token) && aligned16(p.key_stride_head) &&
                      aligned16(p.value_stride_token) && aligned16(p.value_stride_head);
-  const bool vec2 = p.head_bytes % 2 == 0 && p.key_stride_token % 2 == 0 &&
-                    p.key_stride_head % 2 == 0 && p.value_stride_token % 2 == 0 &&
-                    p.value_stride_head % 2 == 0;
+  const bool vec2 = aligned(p.key, 2) && aligned(p.value, 2) && aligned(p.key_cache, 2) &&
+                    aligned(p.value_cache, 2) && p.head_bytes % 2 == 0 &&
+                    p.key_stride_token % 2 == 0 && p.key_stride_head % 2 == 0 &&
+                    p.value_stride_token % 2 == 0 && p.value_stride_head % 2 == 0;
   if (vec16) {
     reshape_and_cache_kernel<uint4><<<p.num_tokens, kAppendThreads, 0, stream>>>(p);
   } else if (vec2) {
