@@ -36,8 +36,8 @@ class DecodeScheduler(ColocatedScheduler):
     def can_pull(self, request: Request) -> AllocStatus:
         """Whether to start pulling `request` now (OK), later, or never (it cannot fit)."""
         status = self.block_manager.can_allocate(request)
-        if status is not AllocStatus.OK:
-            return status
+        if status is not AllocStatus.OK or self.swapped:  # swapped requests come back first
+            return AllocStatus.LATER if status is AllocStatus.OK else status
         held = sum(len(r.block_table) for r in self.waiting) + sum(
             len(r.block_table) for r in self.migrating.values())
         if held >= self.pull_threshold * self.block_manager.num_blocks:
@@ -82,30 +82,34 @@ class DecodeScheduler(ColocatedScheduler):
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput(finished_request_ids=self._take_finished_ids())
         self._swap_in(out)
-        if not self.swapped:
-            self._admit(out)
+        self._admit(out)
         if not out.prefills:  # NOTE: a recompute step prefills only (no preemption under it)
             self._schedule_decodes(out, self.config.max_num_batched_tokens)
         return out
 
     def _admit(self, out: SchedulerOutput) -> None:
-        """Move waiting requests to running FCFS: migrated ones hold their blocks already;
-        recomputed ones get blocks and prefill all their tokens."""
+        """Move waiting requests to running in order. Migrated ones hold their blocks already
+        and always go (NOTE: holding them back could deadlock: they pin the blocks the others
+        need); recomputed ones get blocks and prefill all their tokens once no swapped request
+        waits and they fit, FCFS among themselves."""
         budget = self.config.max_num_batched_tokens
         now = time.monotonic()
-        while self.waiting and len(self.running) < self.config.max_num_seqs:
-            request = self.waiting[0]
+        can_recompute = not self.swapped
+        for request in list(self.waiting):
+            if len(self.running) >= self.config.max_num_seqs:
+                break
             if not request.block_table:  # preempted for recompute
-                if request.num_tokens > budget or self.block_manager.can_allocate(
-                        request) is not AllocStatus.OK:
-                    break
+                can_recompute = can_recompute and request.num_tokens <= budget and (
+                    self.block_manager.can_allocate(request) is AllocStatus.OK)
+                if not can_recompute:
+                    continue
                 self.block_manager.allocate(request)
                 request.is_prefilling = True
                 out.prefills.append(scheduled_request(request))
                 budget -= request.num_tokens
             elif request.lifetime.get(LifecycleEvent.DECODE_BEGIN) is None:
                 request.lifetime.record(LifecycleEvent.DECODE_BEGIN, now)
-            self.waiting.popleft()
+            self.waiting.remove(request)
             request.status = RequestStatus.RUNNING
             self.running.append(request)
 
