@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(cmd: list[str], ns: argparse.Namespace) -> int:
+    # NOTE: set SIGINT too: a shell starting us in the background leaves it ignored.
+    signal.signal(signal.SIGINT, _raise_interrupt)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     proc = subprocess.Popen(cmd, start_new_session=True)
     try:
