@@ -3,6 +3,9 @@
 Each public function keeps reference.py's signature and dispatches to the native op
 (torch.ops.distllm_C.*) when distllm._C is built, not disabled (DISTLLM_DISABLE_NATIVE=1) and
 supports the tensors' device and dtypes (CPU; fp32/bf16/fp16 caches); otherwise to the reference.
+CUDA tensors go to the CUDA kernels (csrc/cuda) when _C was built with them (HAS_CUDA_NATIVE):
+decode attention for fp16/bf16, head_dim 64/128/256, block_size 8/16/32; the cache ops for any
+dtype; `migrate_blocks` is the batched KV migration gather/scatter (one launch per call).
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from distllm.ops import reference
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "HAS_CUDA_NATIVE",
     "HAS_NATIVE",
     "copy_blocks",
+    "migrate_blocks",
     "native_isa",
     "paged_decode_attention",
     "prefill_attention",
@@ -41,6 +46,11 @@ def _load_native() -> bool:
 
 
 HAS_NATIVE = _load_native()
+# NOTE: the CUDA kernels register under the same schemas for the CUDA dispatch key.
+HAS_CUDA_NATIVE = HAS_NATIVE and torch._C._dispatch_has_kernel_for_dispatch_key(
+    "distllm_C::paged_decode_attention", "CUDA"
+)
+_CUDA_ATTN_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def native_isa() -> str | None:
@@ -51,6 +61,23 @@ def native_isa() -> str | None:
 def _on_cpu(*tensors: torch.Tensor | None) -> bool:
     # NOTE: `is_cpu` is ~5x cheaper than `device.type`; this runs per layer per step.
     return all(t is None or t.is_cpu for t in tensors)
+
+
+def _on_cuda(*tensors: torch.Tensor | None) -> bool:
+    return all(t is None or t.is_cuda for t in tensors)
+
+
+def _cuda_decode_ok(
+    query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.Tensor
+) -> bool:
+    return (
+        query.dtype in _CUDA_ATTN_DTYPES
+        and key_cache.dtype == query.dtype
+        and _cache_ok(key_cache, value_cache)
+        and query.shape[-1] in (64, 128, 256)
+        and key_cache.shape[2] in (8, 16, 32)
+        and query.shape[1] % key_cache.shape[1] == 0
+    )
 
 
 def _i32(t: torch.Tensor) -> torch.Tensor:
@@ -83,6 +110,14 @@ def reshape_and_cache(
     ):
         torch.ops.distllm_C.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
         return
+    if (
+        HAS_CUDA_NATIVE
+        and _on_cuda(key, value, key_cache, value_cache, slot_mapping)
+        and key_cache.is_contiguous()
+        and value_cache.is_contiguous()
+    ):
+        torch.ops.distllm_C.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
+        return
     reference.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
 
 
@@ -95,7 +130,12 @@ def paged_decode_attention(
     scale: float,
     out: torch.Tensor | None = None,  # [num_seqs, num_heads, head_dim]
 ) -> torch.Tensor:  # [num_seqs, num_heads, head_dim]
-    if (
+    native_cuda = (
+        HAS_CUDA_NATIVE
+        and _on_cuda(query, key_cache, value_cache, block_tables, context_lens, out)
+        and _cuda_decode_ok(query, key_cache, value_cache)
+    )
+    if native_cuda or (
         HAS_NATIVE
         and _on_cpu(query, key_cache, value_cache, block_tables, context_lens, out)
         and query.dtype in _ATTN_DTYPES
@@ -193,6 +233,14 @@ def copy_blocks(
     ):
         torch.ops.distllm_C.copy_blocks(key_caches, value_caches, block_mapping)
         return
+    if (
+        HAS_CUDA_NATIVE
+        and _on_cuda(*caches)
+        and all(c.is_contiguous() for c in caches)
+        and len({(c.shape, c.dtype, c.device) for c in caches}) <= 1
+    ):
+        torch.ops.distllm_C.copy_blocks(key_caches, value_caches, block_mapping)
+        return
     reference.copy_blocks(key_caches, value_caches, block_mapping)
 
 
@@ -203,7 +251,7 @@ def swap_blocks(
 ) -> None:
     if (
         HAS_NATIVE
-        and _on_cpu(src, dst)
+        and (_on_cpu(src, dst) or (HAS_CUDA_NATIVE and (src.is_cuda or dst.is_cuda)))
         and src.dtype == dst.dtype
         and src.is_contiguous()
         and dst.is_contiguous()
@@ -212,3 +260,39 @@ def swap_blocks(
         torch.ops.distllm_C.swap_blocks(src, dst, block_mapping.cpu())
         return
     reference.swap_blocks(src, dst, block_mapping)
+
+
+def migrate_blocks(
+    src_caches: list[torch.Tensor],  # each [num_blocks_src, num_kv_heads_src, block_size, head_dim]
+    dst_caches: list[torch.Tensor],  # each [num_blocks_dst, num_kv_heads_dst, block_size, head_dim]
+    src_blocks: torch.Tensor,  # [num_pairs], int64
+    dst_blocks: torch.Tensor,  # [num_pairs], int64
+    src_heads: tuple[int, int],  # [start, end) of the source KV heads
+    dst_head_start: int,
+) -> None:
+    """dst_caches[c][dst_blocks[j], dst_head_start + h] = src_caches[c][src_blocks[j],
+    src_heads[0] + h] for every cache pair c, block pair j and head h (reference.py). On CUDA this
+    is one kernel launch for all caches and blocks (the KV migration gather/scatter; a slab
+    [2, num_layers, num_blocks, ...] is the list of its [num_blocks, ...] views)."""
+    caches = [*src_caches, *dst_caches]
+    if (
+        HAS_CUDA_NATIVE
+        and _on_cuda(*caches)
+        and all(c.is_contiguous() for c in caches)
+        and len({(c.shape, c.dtype) for c in src_caches}) <= 1
+        and len({(c.shape, c.dtype, c.device) for c in dst_caches}) <= 1
+        and len({c.dtype for c in caches}) <= 1
+    ):
+        torch.ops.distllm_C.migrate_blocks(
+            src_caches,
+            dst_caches,
+            src_blocks,
+            dst_blocks,
+            src_heads[0],
+            dst_head_start,
+            src_heads[1] - src_heads[0],
+        )
+        return
+    reference.migrate_blocks(
+        src_caches, dst_caches, src_blocks, dst_blocks, src_heads, dst_head_start
+    )

@@ -121,3 +121,20 @@ def swap_blocks(
 ) -> None:
     s, d = block_mapping[:, 0].long(), block_mapping[:, 1].long()
     dst[d.to(dst.device)] = src[s.to(src.device)].to(dst.device)
+
+
+def migrate_blocks(
+    src_caches: list[torch.Tensor],  # each [num_blocks_src, num_kv_heads_src, block_size, head_dim]
+    dst_caches: list[torch.Tensor],  # each [num_blocks_dst, num_kv_heads_dst, block_size, head_dim]
+    src_blocks: torch.Tensor,  # [num_pairs], int64
+    dst_blocks: torch.Tensor,  # [num_pairs], int64
+    src_heads: tuple[int, int],  # [start, end) of the source KV heads
+    dst_head_start: int,
+) -> None:
+    """Copies KV heads [src_heads) of src blocks into heads [dst_head_start, ...) of dst blocks,
+    pairwise over the two cache lists (KV migration gather/scatter)."""
+    n = src_heads[1] - src_heads[0]
+    s, d = src_blocks.long(), dst_blocks.long()
+    for src, dst in zip(src_caches, dst_caches, strict=True):
+        part = src[s.to(src.device), src_heads[0] : src_heads[1]]
+        dst[d.to(dst.device), dst_head_start : dst_head_start + n] = part.to(dst.device)
