@@ -1,6 +1,6 @@
 """`distllm serve`: the HTTP API server (FastAPI app from `build_app`, served by uvicorn).
 
-    distllm serve --model PATH [--placement placement.json | --tp N --pp N ...] \
+    distllm serve --model PATH [--placement placement.json | --tp N --pp N ...]
         [--host 127.0.0.1] [--port 8400] [--api-key KEY] [--max-queued-requests N]
 """
 from __future__ import annotations
