@@ -10,7 +10,7 @@ thread + event loop; in-process: engine + consumer) are reported too: unlike TPO
 move when other jobs share the machine.
 
     python -m evaluation.bench_http_overhead [--model DIR] [--num-requests 8] [--output-len 64]
-        [--rounds 7] [--output results/bench_http_overhead.json]
+        [--rounds 7] [--synthetic-step-ms 10] [--output results/bench_http_overhead.json]
 """
 from __future__ import annotations
 
@@ -26,12 +26,76 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 
 PROMPTS = ["Once upon a time there was", "The weather today is", "Science is the study of",
            "Good morning! How are you", "Large language models predict", "Water boils at",
            "Please tell me a story about", "The quick brown fox"]
+
+
+class SyntheticEngine:
+    """Stands in for LLMEngine (`--synthetic-step-ms`): each step sleeps like a forward that
+    waits on a GPU (GIL released) and gives every request one token, so the HTTP layer's own
+    cost is measured without the CPU model competing for the GIL."""
+
+    def __init__(self, model_dir: str, step_ms: float, max_model_len: int = 512) -> None:
+        from distllm.tokenizer import Tokenizer
+
+        self.tokenizer = Tokenizer.from_pretrained(model_dir)
+        self.config = SimpleNamespace(model=SimpleNamespace(max_seq_len=max_model_len))
+        self.step_s = step_ms / 1e3
+        self._requests: dict[str, list] = {}  # request id -> [prompt ids, output ids, params]
+        self._aborted: list[str] = []
+
+    def add_request(self, request_id: str, prompt: str | list[int], params: object) -> None:
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        self._requests[request_id] = [ids, [], params]
+
+    def abort_request(self, request_ids: str | list[str]) -> None:
+        for request_id in [request_ids] if isinstance(request_ids, str) else request_ids:
+            if self._requests.pop(request_id, None) is not None:
+                self._aborted.append(request_id)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._requests or self._aborted)
+
+    def stats(self) -> dict[str, int]:
+        return {"num_running": len(self._requests), "num_waiting": 0}
+
+    def step(self) -> list:
+        from distllm.engine.outputs import RequestOutput
+
+        time.sleep(self.step_s)
+        now, outputs = time.monotonic(), []
+        for request_id in self._aborted:
+            outputs.append(RequestOutput(request_id, None, [0], "", [], True, "abort"))
+        self._aborted = []
+        for request_id, (ids, out, params) in list(self._requests.items()):
+            out.append(300 + len(out) % 100)
+            done = len(out) >= params.max_tokens
+            outputs.append(RequestOutput(
+                request_id, None, ids, "", list(out), done, "length" if done else None,
+                new_text=self.tokenizer.decode(out[-1:]), token_times=[now] * len(out)))
+            if done:
+                del self._requests[request_id]
+        return outputs
+
+
+def serve_synthetic(ns: argparse.Namespace) -> None:
+    """The HTTP server of the synthetic variant (run in a subprocess)."""
+    import uvicorn
+
+    from distllm.engine.async_llm import AsyncLLM
+    from distllm.entrypoints.api_server import build_app
+
+    engine = AsyncLLM(SyntheticEngine(ns.model, ns.synthetic_step_ms))
+    try:
+        uvicorn.run(build_app(engine), host="127.0.0.1", port=ns.serve_synthetic,
+                    log_level="warning")
+    finally:
+        engine.shutdown()
 
 
 def engine_flags(ns: argparse.Namespace) -> list[str]:
@@ -103,6 +167,9 @@ def start_server(ns: argparse.Namespace) -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "distllm", "serve", *engine_flags(ns), "--port", str(port),
            "--log-level", "warning"]
+    if ns.synthetic_step_ms is not None:
+        cmd = [sys.executable, "-m", "evaluation.bench_http_overhead", "--model", ns.model,
+               "--synthetic-step-ms", str(ns.synthetic_step_ms), "--serve-synthetic", str(port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -138,8 +205,11 @@ def bench(ns: argparse.Namespace) -> dict[str, list[dict]]:
     from distllm.engine.async_llm import AsyncLLM
     from distllm.entrypoints.serve import make_parser
 
-    config = EngineConfig.from_cli_args(make_parser().parse_args(engine_flags(ns)))
-    engine = AsyncLLM.from_engine_config(config)
+    if ns.synthetic_step_ms is not None:
+        engine = AsyncLLM(SyntheticEngine(ns.model, ns.synthetic_step_ms))
+    else:
+        config = EngineConfig.from_cli_args(make_parser().parse_args(engine_flags(ns)))
+        engine = AsyncLLM.from_engine_config(config)
     proc, url = start_server(ns)
     results: dict[str, list[dict]] = {"in_process": [], "http_generate": [], "http_openai": []}
     try:
@@ -186,8 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-len", type=int, default=64)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--num-kv-blocks", type=int, default=512)
+    p.add_argument("--synthetic-step-ms", type=float, default=None,
+                   help="replace the model by a synthetic engine whose step sleeps this long")
+    p.add_argument("--serve-synthetic", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--output", default="results/bench_http_overhead.json")
     ns = p.parse_args(argv)
+    if ns.serve_synthetic is not None:
+        serve_synthetic(ns)
+        return 0
     if ns.model is None:
         from distllm.testing import make_tiny_model
 
