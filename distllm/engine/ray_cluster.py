@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +50,7 @@ def create_instance(name: str, config: EngineConfig, num_threads: int, affinity:
     bundle = {"GPU": 1, "CPU": 1} if config.device == "cuda" else {"CPU": num_threads}
     strategy = "STRICT_PACK" if affinity == "high" else "PACK"
     pg = placement_group([dict(bundle) for _ in range(tp * pp)], strategy=strategy,
-                         name=f"distllm-{name}-{os.getpid()}")
+                         name=f"distllm-{name}-{uuid.uuid4().hex[:8]}")
     try:
         ray.get(pg.ready(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError as e:

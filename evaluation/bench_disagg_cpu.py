@@ -1,0 +1,242 @@
+"""Disaggregated vs colocated serving on this CPU: 1 prefill + 1 decode instance (one core each)
+against one colocated instance (both cores), same model, same Poisson workload, several rates.
+
+    python evaluation/bench_disagg_cpu.py [--num-requests 30] [--rates 0.5,1,2,3,4] [-o DIR]
+
+SLOs come from unloaded latencies measured in the same run (the better of the two modes): TTFT <=
+4x the prefill of a mean prompt; TPOT <= 2x (tight) or 5x (loose) one decode step. Goodput = the
+highest rate at which >= 90 % of requests meet both SLOs (DistServe's interpolation). Also KV
+migration bandwidth over gloo (prefill worker -> decode worker, gather + send + scatter) against
+a memcpy of the same bytes. Writes bench_disagg_cpu.json and .png into -o; prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+MODEL_SHAPE = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
+                   num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=2048)
+TTFT_FACTOR, TPOT_TIGHT, TPOT_LOOSE, TARGET = 4.0, 2.0, 5.0, 0.9
+
+
+def workload(n: int, rate: float, seed: int, args: argparse.Namespace
+             ) -> list[tuple[float, list[int], int]]:
+    """(arrival offset s, prompt ids, output len) of n Poisson arrivals."""
+    rng = np.random.default_rng(seed)
+    gaps = rng.exponential(1.0 / rate, n)
+    lens = rng.integers(args.prompt_len // 2, args.prompt_len * 3 // 2 + 1, n)
+    outs = rng.integers(args.output_len // 2, args.output_len * 3 // 2 + 1, n)
+    return [(float(t), rng.integers(4, 500, int(p)).tolist(), int(o))
+            for t, p, o in zip(np.cumsum(gaps) - gaps[0], lens, outs, strict=True)]
+
+
+# mode -> (DisaggConfig mode, instances, torch threads per worker); each uses both cores
+MODES = {"disaggregated": ("disaggregated", 1, 1), "colocated-2x1": ("colocated", 2, 1),
+         "colocated-1x2": ("colocated", 1, 2)}
+
+
+def build_engine(model_dir: Path, mode: str):  # noqa: ANN201
+    from distllm.config import DisaggConfig, EngineConfig
+    from distllm.engine.disagg_controller import DisaggEngine
+
+    config = EngineConfig.from_kwargs(str(model_dir), block_size=16, num_kv_blocks=1024,
+                                      max_num_seqs=64, max_num_batched_tokens=2048,
+                                      max_model_len=2048)
+    kind, instances, threads = MODES[mode]
+    disagg = DisaggConfig(mode=kind, num_decode_instances=instances,
+                          num_threads_per_worker=threads)
+    return DisaggEngine(config, disagg)
+
+
+def run(engine, jobs: list[tuple[float, list[int], int]]) -> tuple[list, float]:  # noqa: ANN001
+    """Replay the arrivals against the engine; (RequestOutputs, duration s)."""
+    from distllm.sampling_params import SamplingParams
+
+    start, i, done = time.monotonic(), 0, []
+    while i < len(jobs) or engine.has_unfinished_requests():
+        now = time.monotonic()
+        while i < len(jobs) and start + jobs[i][0] <= now:
+            params = SamplingParams(max_tokens=jobs[i][2], temperature=0.0, ignore_eos=True)
+            engine.add_request(f"r{i}", jobs[i][1], params, arrival_time=start + jobs[i][0])
+            i += 1
+        wait = start + jobs[i][0] - time.monotonic() if i < len(jobs) else 0.02
+        done += [o for o in engine.step(timeout_s=max(0.0, min(wait, 0.02))) if o.finished]
+    return done, time.monotonic() - start
+
+
+def unloaded(engine, args: argparse.Namespace) -> tuple[float, float]:  # noqa: ANN001
+    """(prefill s of a mean prompt, decode step s), one request alone, median of 3."""
+    ttfts, tpots = [], []
+    for k in range(4):
+        prompt = [5 + (k + j) % 400 for j in range(args.prompt_len)]
+        outs, _ = run(engine, [(0.0, prompt, 32)])
+        rec = outs[0].to_record()
+        if k:  # the first one warms up
+            ttfts.append(rec.ttft)
+            tpots.append(rec.tpot)
+    return float(np.median(ttfts)), float(np.median(tpots))
+
+
+def migration_bandwidth(engine, num_blocks: int, repeats: int = 5) -> dict:  # noqa: ANN001
+    """GB/s of moving `num_blocks` blocks prefill -> decode over gloo, and of a memcpy."""
+    import ray
+    import torch
+
+    from distllm.engine.stage_engine import submit_migration
+
+    src, dst = engine.prefill[0], engine.decode[0]
+    blocks = list(range(num_blocks))
+    times, nbytes = [], 0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        nbytes = sum(ray.get(submit_migration(src, dst, blocks, blocks), timeout=120))
+        times.append(time.perf_counter() - t0)
+    buf = torch.empty(nbytes // 4, dtype=torch.float32).uniform_()
+    copy_times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        buf.clone()
+        copy_times.append(time.perf_counter() - t0)
+    return {"bytes": nbytes, "gloo_s": min(times), "gloo_gb_s": nbytes / min(times) / 1e9,
+            "memcpy_gb_s": nbytes / min(copy_times) / 1e9}
+
+
+def sweep(model_dir: Path, args: argparse.Namespace) -> dict:
+    """Every mode's engine is built up front and the modes take turns at each rate, so slow
+    drifts in background load hit them alike."""
+    engines = {mode: build_engine(model_dir, mode) for mode in args.modes}
+    try:
+        results = {m: {"unloaded": unloaded(e, args), "runs": []} for m, e in engines.items()}
+        for rate in args.rates:
+            jobs = workload(args.num_requests, rate, args.seed, args)
+            for mode, engine in engines.items():
+                outs, duration = run(engine, jobs)
+                results[mode]["runs"].append({"rate": rate, "duration_s": duration,
+                                              "records": [o.to_record() for o in outs]})
+                logging.info("%s rate %.2f done in %.1f s", mode, rate, duration)
+        migration = migration_bandwidth(engines["disaggregated"], args.migration_blocks)
+        return {"results": results, "migration": migration}
+    finally:
+        for engine in engines.values():
+            engine.shutdown()
+
+
+def score(result: dict, ttft_ms: float, tpot_ms: float) -> tuple[list, float]:
+    from distllm.metrics import max_rate_meeting, summarize
+
+    rows = [dict(rate=r["rate"], **summarize(r["records"], r["duration_s"], ttft_ms, tpot_ms))
+            for r in result["runs"]]
+    goodput = max_rate_meeting([(r["rate"], r["attainment"]) for r in rows], TARGET)
+    return rows, goodput
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--num-requests", type=int, default=30, help="requests per rate")
+    p.add_argument("--rates", default="0.5,1,2,3,4", help="comma-separated request rates (/s)")
+    p.add_argument("--prompt-len", type=int, default=512,
+                   help="mean prompt length (uniform in [0.5x, 1.5x])")
+    p.add_argument("--output-len", type=int, default=24,
+                   help="mean output length (uniform in [0.5x, 1.5x])")
+    p.add_argument("--migration-blocks", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--modes", default=",".join(MODES), help=f"subset of {list(MODES)}")
+    p.add_argument("-o", "--output-dir", default="evaluation/results")
+    args = p.parse_args(argv)
+    args.rates = [float(r) for r in args.rates.split(",")]
+    args.modes = ["disaggregated"] + [m for m in args.modes.split(",") if m != "disaggregated"]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_args(argv)
+    import ray
+
+    from distllm.testing import make_tiny_model
+
+    model_dir = make_tiny_model(Path(tempfile.mkdtemp()) / "m", arch="llama", seed=0,
+                                **MODEL_SHAPE)
+    ray.init(num_cpus=16, include_dashboard=False, log_to_driver=False)
+    load_before = os.getloadavg()
+    swept = sweep(model_dir, args)
+    report = make_report(swept, args, load_before)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_disagg_cpu.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, out / "bench_disagg_cpu.png")
+    print_table(report)
+    return 0
+
+
+def make_report(swept: dict, args: argparse.Namespace, load_before: tuple) -> dict:
+    results = swept["results"]
+    prefill_s = min(r["unloaded"][0] for r in results.values())
+    decode_s = min(r["unloaded"][1] for r in results.values())
+    slos = {"tight": (TTFT_FACTOR * prefill_s * 1e3, TPOT_TIGHT * decode_s * 1e3),
+            "loose": (TTFT_FACTOR * prefill_s * 1e3, TPOT_LOOSE * decode_s * 1e3)}
+    report = {"meta": {**vars(args), "loadavg_before": load_before,
+                       "loadavg_after": os.getloadavg()},
+              "model": MODEL_SHAPE, "modes_spec": {m: MODES[m] for m in args.modes},
+              "unloaded_ms": {m: [1e3 * x for x in r["unloaded"]] for m, r in results.items()},
+              "slo_ms": slos, "migration": swept["migration"], "modes": {}}
+    for mode, result in results.items():
+        report["modes"][mode] = {}
+        for name, (ttft_ms, tpot_ms) in slos.items():
+            rows, goodput = score(result, ttft_ms, tpot_ms)
+            report["modes"][mode][name] = {"goodput_rps": goodput, "rows": rows}
+    for name in slos:
+        d = report["modes"]["disaggregated"][name]["goodput_rps"]
+        c = max(v[name]["goodput_rps"] for m, v in report["modes"].items() if m != "disaggregated")
+        report[f"goodput_ratio_{name}"] = d / c if c > 0 else float("inf")
+    return report
+
+
+def print_table(report: dict) -> None:
+    print(f"unloaded (prefill of a mean prompt, decode step) ms: {report['unloaded_ms']}")
+    for name, (ttft, tpot) in report["slo_ms"].items():
+        print(f"\nSLO {name}: TTFT <= {ttft:.1f} ms, TPOT <= {tpot:.1f} ms")
+        print(f"{'rate':>6} | {'mode':>13} | {'attain':>6} | {'p90 TTFT':>9} | {'p90 TPOT':>9}")
+        for mode, per_slo in report["modes"].items():
+            for row in per_slo[name]["rows"]:
+                print(f"{row['rate']:6.2f} | {mode:>13} | {row['attainment']:6.2f} | "
+                      f"{row['p90_ttft_ms']:9.1f} | {row['p90_tpot_ms']:9.1f}")
+        goodputs = {m: round(v[name]["goodput_rps"], 2) for m, v in report["modes"].items()}
+        print(f"goodput (>= {TARGET:.0%} attainment) req/s: {goodputs}, disagg / best colocated = "
+              f"{report[f'goodput_ratio_{name}']:.2f}")
+    mig = report["migration"]
+    print(f"\nKV migration over gloo: {mig['bytes'] / 1e6:.1f} MB in {mig['gloo_s'] * 1e3:.1f} "
+          f"ms = {mig['gloo_gb_s']:.2f} GB/s; memcpy {mig['memcpy_gb_s']:.2f} GB/s")
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(report["slo_ms"]), figsize=(11, 4), sharey=True)
+    for ax, (name, (ttft, tpot)) in zip(axes, report["slo_ms"].items(), strict=True):
+        for mode, per_slo in report["modes"].items():
+            rows = per_slo[name]["rows"]
+            ax.plot([r["rate"] for r in rows], [r["attainment"] for r in rows], marker="o",
+                    label=f"{mode} (goodput {per_slo[name]['goodput_rps']:.2f}/s)")
+        ax.axhline(TARGET, color="gray", linestyle="--", linewidth=0.8)
+        ax.set_title(f"{name}: TTFT<={ttft:.0f} ms, TPOT<={tpot:.0f} ms")
+        ax.set_xlabel("request rate (req/s)")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("SLO attainment")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
