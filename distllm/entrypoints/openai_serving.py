@@ -27,6 +27,7 @@ from distllm.entrypoints.openai_protocol import (
     CompletionRequest,
     CompletionResponse,
     SamplingFields,
+    StreamOptions,
     UsageInfo,
     error_body,
     random_id,
@@ -100,47 +101,92 @@ async def _sse_stream(ctx: ServingContext, first: RequestOutput,
     yield SSE_DONE
 
 
+class _CompletionChunks:
+    """The SSE chunks of one streaming completion (plain dicts: this is the hot path)."""
+
+    def __init__(self, base: dict, echo: str, stream_options: StreamOptions | None) -> None:
+        self.base, self.pending_echo = base, echo
+        self.include_usage = bool(stream_options and stream_options.include_usage)
+        self.continuous = bool(self.include_usage and stream_options.continuous_usage_stats)
+
+    def __call__(self, output: RequestOutput) -> list[dict]:
+        text, self.pending_echo = self.pending_echo + output.new_text, ""
+        if not text and not output.finished:
+            return []
+        chunk = {**self.base, "choices": [{"index": 0, "text": text, "logprobs": None,
+                                           "finish_reason": finish_reason(output)}]}
+        if self.include_usage:
+            chunk["usage"] = usage_of(output) if self.continuous else None
+        return [chunk]
+
+    def usage(self, output: RequestOutput) -> dict:
+        return {**self.base, "choices": [], "usage": usage_of(output)}
+
+
+class _ChatChunks(_CompletionChunks):
+    """Chat deltas: a first chunk with the role, then content, then the finish reason."""
+
+    def __init__(self, base: dict, stream_options: StreamOptions | None) -> None:
+        super().__init__(base, "", stream_options)
+        self.sent_role = False
+
+    def _chunk(self, delta: dict, reason: str | None) -> dict:
+        out = {**self.base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                         "finish_reason": reason}]}
+        if self.include_usage:
+            out["usage"] = None
+        return out
+
+    def __call__(self, output: RequestOutput) -> list[dict]:
+        chunks = []
+        if not self.sent_role:
+            self.sent_role = True
+            chunks.append(self._chunk({"role": "assistant", "content": ""}, None))
+        if output.new_text or output.finished:
+            delta = {"content": output.new_text} if output.new_text else {}
+            chunks.append(self._chunk(delta, finish_reason(output)))
+        return chunks
+
+
+def _streaming_response(ctx: ServingContext, first: RequestOutput,
+                        outputs: AsyncIterator[RequestOutput],
+                        chunks: _CompletionChunks) -> StreamingResponse:
+    usage = chunks.usage if chunks.include_usage else None
+    return StreamingResponse(_sse_stream(ctx, first, outputs, chunks, usage),
+                             media_type="text/event-stream")
+
+
 async def completions(ctx: ServingContext, request: Request) -> Response:
     body = await read_model(request, CompletionRequest, ctx.config.max_body_bytes)
     ctx.check_model(body.model)
     prompt = _single_prompt(body.prompt)
     prompt_ids = ctx.prompt_ids(prompt)
     params = _sampling(ctx, body, body.max_tokens)
-    echo = (prompt if isinstance(prompt, str) else ctx.tokenizer.decode(prompt_ids)) \
-        if body.echo else ""
-    request_id, created = random_id("cmpl"), int(time.time())
-    model = ctx.config.served_model_name
-    outputs = ctx.engine.generate(prompt_ids, params, request_id)
+    echo = ""
+    if body.echo:
+        echo = prompt if isinstance(prompt, str) else ctx.tokenizer.decode(prompt_ids)
+    base = {"id": random_id("cmpl"), "object": "text_completion", "created": int(time.time()),
+            "model": ctx.config.served_model_name}
+    outputs = ctx.engine.generate(prompt_ids, params, base["id"])
     first = await ctx.first_output(outputs, request)
-    if not body.stream:
-        final = await ctx.last_output(first, outputs, request)
-        choice = CompletionChoice(text=echo + final.text, finish_reason=finish_reason(final))
-        usage = UsageInfo.of(len(prompt_ids), len(final.token_ids))
-        return JSONResponse(CompletionResponse(id=request_id, created=created, model=model,
-                                               choices=[choice], usage=usage).model_dump())
-    opts = body.stream_options
-    include_usage = bool(opts and opts.include_usage)
-    continuous = bool(include_usage and opts.continuous_usage_stats)
-    pending_echo = [echo]
+    if body.stream:
+        return _streaming_response(ctx, first, outputs,
+                                   _CompletionChunks(base, echo, body.stream_options))
+    final = await ctx.last_output(first, outputs, request)
+    choice = CompletionChoice(text=echo + final.text, finish_reason=finish_reason(final))
+    usage = UsageInfo.of(len(prompt_ids), len(final.token_ids))
+    base.pop("object")
+    return JSONResponse(CompletionResponse(**base, choices=[choice], usage=usage).model_dump())
 
-    def make_chunks(output: RequestOutput) -> list[dict]:
-        text = pending_echo.pop() + output.new_text if pending_echo else output.new_text
-        if not text and not output.finished:
-            return []
-        chunk = {"id": request_id, "object": "text_completion", "created": created,
-                 "model": model, "choices": [{"index": 0, "text": text, "logprobs": None,
-                                              "finish_reason": finish_reason(output)}]}
-        if include_usage:
-            chunk["usage"] = usage_of(output) if continuous else None
-        return [chunk]
 
-    def usage_chunk(output: RequestOutput) -> dict:
-        return {"id": request_id, "object": "text_completion", "created": created,
-                "model": model, "choices": [], "usage": usage_of(output)}
-
-    return StreamingResponse(
-        _sse_stream(ctx, first, outputs, make_chunks, usage_chunk if include_usage else None),
-        media_type="text/event-stream")
+def _chat_params(ctx: ServingContext, body: ChatCompletionRequest) -> SamplingParams:
+    field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    try:
+        return _sampling(ctx, body, body.max_new_tokens(DEFAULT_MAX_TOKENS))
+    except ApiError as e:
+        if e.param != "max_tokens":
+            raise
+        raise ApiError(400, e.message.replace("max_tokens", field, 1), param=field) from None
 
 
 async def chat_completions(ctx: ServingContext, request: Request) -> Response:
@@ -150,50 +196,17 @@ async def chat_completions(ctx: ServingContext, request: Request) -> Response:
         raise ApiError(400, "logprobs are not supported", param="logprobs")
     prompt = render_chat(ctx.tokenizer, body.messages, body.add_generation_prompt)
     prompt_ids = ctx.prompt_ids(prompt, param="messages", add_special_tokens=False)
-    field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-    try:
-        params = _sampling(ctx, body, body.max_new_tokens(DEFAULT_MAX_TOKENS))
-    except ApiError as e:
-        if e.param != "max_tokens":
-            raise
-        raise ApiError(400, e.message.replace("max_tokens", field, 1), param=field) from None
-    request_id, created = random_id("chatcmpl"), int(time.time())
-    model = ctx.config.served_model_name
-    outputs = ctx.engine.generate(prompt_ids, params, request_id)
+    params = _chat_params(ctx, body)
+    base = {"id": random_id("chatcmpl"), "object": "chat.completion.chunk",
+            "created": int(time.time()), "model": ctx.config.served_model_name}
+    outputs = ctx.engine.generate(prompt_ids, params, base["id"])
     first = await ctx.first_output(outputs, request)
-    if not body.stream:
-        final = await ctx.last_output(first, outputs, request)
-        choice = ChatChoice(message=ChatResponseMessage(content=final.text),
-                            finish_reason=finish_reason(final))
-        usage = UsageInfo.of(len(prompt_ids), len(final.token_ids))
-        return JSONResponse(ChatCompletionResponse(id=request_id, created=created, model=model,
-                                                   choices=[choice], usage=usage).model_dump())
-    opts = body.stream_options
-    include_usage = bool(opts and opts.include_usage)
-    base = {"id": request_id, "object": "chat.completion.chunk", "created": created,
-            "model": model}
-    sent_role = [False]
-
-    def chunk(delta: dict, reason: str | None) -> dict:
-        out = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                    "finish_reason": reason}]}
-        if include_usage:
-            out["usage"] = None
-        return out
-
-    def make_chunks(output: RequestOutput) -> list[dict]:
-        chunks = []
-        if not sent_role[0]:
-            sent_role[0] = True
-            chunks.append(chunk({"role": "assistant", "content": ""}, None))
-        if output.new_text or output.finished:
-            delta = {"content": output.new_text} if output.new_text else {}
-            chunks.append(chunk(delta, finish_reason(output)))
-        return chunks
-
-    def usage_chunk(output: RequestOutput) -> dict:
-        return {**base, "choices": [], "usage": usage_of(output)}
-
-    return StreamingResponse(
-        _sse_stream(ctx, first, outputs, make_chunks, usage_chunk if include_usage else None),
-        media_type="text/event-stream")
+    if body.stream:
+        return _streaming_response(ctx, first, outputs, _ChatChunks(base, body.stream_options))
+    final = await ctx.last_output(first, outputs, request)
+    choice = ChatChoice(message=ChatResponseMessage(content=final.text),
+                        finish_reason=finish_reason(final))
+    usage = UsageInfo.of(len(prompt_ids), len(final.token_ids))
+    base.pop("object")
+    return JSONResponse(ChatCompletionResponse(**base, choices=[choice],
+                                               usage=usage).model_dump())

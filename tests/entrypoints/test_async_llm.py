@@ -122,3 +122,32 @@ def test_queue_limit_and_engine_errors(tiny_model: Path, gated: GatedEngine) -> 
     with pytest.raises(EngineDeadError):
         asyncio.run(_collect(llm, "hi"))
     assert not llm.is_running
+
+
+class _BrokenAdd(GatedEngine):
+    def add_request(self, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("engine state corrupted")
+
+
+def test_engine_thread_death_fails_requests_and_health(gated: GatedEngine) -> None:
+    import urllib.error
+    import urllib.request
+
+    from distllm.entrypoints.api_server import build_app
+    from tests.entrypoints.conftest import serve_in_thread
+
+    llm = AsyncLLM(_BrokenAdd(gated._engine))
+    url, server, thread = serve_in_thread(build_app(llm))
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=10) as resp:
+            assert resp.status == 200
+        with pytest.raises(EngineDeadError, match="engine state corrupted"):
+            asyncio.run(_collect(llm, "hi"))
+        assert not llm.is_running
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(url + "/health", timeout=10)
+        assert info.value.code == 503
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        llm.shutdown()

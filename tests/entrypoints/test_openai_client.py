@@ -104,3 +104,12 @@ def test_openai_client_raises_bad_request(client: openai.OpenAI) -> None:
     assert info.value.body["param"] == "max_tokens"
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="no-such-model", prompt="hi", max_tokens=2)
+
+
+def test_echo_and_token_id_prompts(client: openai.OpenAI, reference: LLM) -> None:
+    ids = reference.engine.tokenizer.encode("Water boils at")
+    resp = client.completions.create(model="tiny", prompt=ids, max_tokens=5, temperature=0.0,
+                                     echo=True, extra_body={"ignore_eos": True})
+    text = resp.choices[0].text
+    assert text.startswith("Water boils at")
+    assert text[len("Water boils at"):] == _greedy(reference, "Water boils at", 5)
