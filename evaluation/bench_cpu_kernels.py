@@ -39,7 +39,7 @@ class DecodeBenchConfig:
     head_dim: int = 128
     block_size: int = 16
     dtype: str = "float32"
-    iters: int = 10
+    iters: int = 20
     copy_mb: int = 512  # size of the copied tensor; src + dst use twice this
     num_threads: int = 0  # 0 keeps torch's setting
     with_reference: bool = True
