@@ -1,6 +1,10 @@
 // Torch-free interface of the CPU attention kernels (attention_isa.cpp is compiled once per ISA
 // level: base, avx2, avx512; cpu_attention.cpp picks one at runtime).
 //
+// Files: attention_isa.cpp (scratch, K/V tile loading + prefetch, P.V), attention_simd.inc
+// (vector types, exp, horizontal sums), attention_tile_rows.inc / attention_tile_dot.inc (the two
+// score + online-softmax paths), attention_tasks.inc (OpenMP task grids, split merge).
+//
 // KV cache layout: [num_blocks, num_kv_heads, block_size, head_dim], contiguous.
 // NOTE: attention_isa.cpp includes only this header and C headers, so that no inline function
 // compiled with AVX-512 can be shared (ODR/COMDAT) with the portable translation units.
