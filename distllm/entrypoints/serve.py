@@ -1,16 +1,16 @@
 """`distllm serve`: the HTTP API server (FastAPI app from `build_app`, served by uvicorn).
 
-    distllm serve --model PATH [--placement placement.json | --tp N --pp N ...]
+    distllm serve --model PATH [--placement placement.json | --mode disaggregated
+        --prefill-tp N --decode-tp N ... | --tp N]
         [--host 127.0.0.1] [--port 8400] [--api-key KEY] [--max-queued-requests N]
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 
 from distllm import envs
-from distllm.config import EngineConfig, ParallelConfig
+from distllm.config import DisaggConfig, EngineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -21,12 +21,13 @@ def make_parser() -> argparse.ArgumentParser:
     from distllm.entrypoints.http_common import ServerConfig
 
     EngineConfig.add_cli_args(parser)
+    DisaggConfig.add_cli_args(parser)
     ServerConfig.add_cli_args(parser)
     g = parser.add_argument_group("serving")
     g.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     g.add_argument("--port", type=int, default=8400)
     g.add_argument("--placement", default=None,
-                   help="placement JSON from `distllm plan` (overrides --tp/--pp)")
+                   help="placement JSON from `distllm plan` (overrides the stage flags)")
     g.add_argument("--max-queued-requests", type=int, default=None,
                    help="requests waiting for a first token beyond which new ones get 503")
     g.add_argument("--log-level", default=envs.log_level().lower(),
@@ -35,38 +36,27 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def engine_config_from_args(ns: argparse.Namespace) -> EngineConfig:
-    """EngineConfig from the flags; a placement file sets the parallelism. Only colocated
-    placements with one instance run until the disaggregated engine lands."""
-    config = EngineConfig.from_cli_args(ns)
-    if ns.placement is None:
-        return config
-    from distllm.placement import load_placement
-
-    placement = load_placement(ns.placement)
-    if placement.mode != "colocated" or placement.colocated.instances != 1:
-        raise ValueError(f"placement {ns.placement}: only colocated placements with one "
-                         "instance can be served by the colocated engine (the disaggregated "
-                         "engine is not available yet)")
-    parallel = ParallelConfig(tp=placement.colocated.tp, pp=placement.colocated.pp)
-    return dataclasses.replace(config, parallel=parallel)
+def engine_configs_from_args(ns: argparse.Namespace) -> tuple[EngineConfig, DisaggConfig | None]:
+    """The engine config, plus the Ray engine's DisaggConfig when --placement or --mode asks
+    for it (None: one in-process colocated engine)."""
+    return EngineConfig.from_cli_args(ns), DisaggConfig.from_cli_args(ns)
 
 
 def run_server(ns: argparse.Namespace) -> None:
     import uvicorn
 
-    from distllm.engine.async_llm import AsyncLLM
+    from distllm.engine.async_disagg import build_async_llm
     from distllm.entrypoints.api_server import build_app
     from distllm.entrypoints.http_common import ServerConfig
 
-    engine = AsyncLLM.from_engine_config(engine_config_from_args(ns),
-                                         max_queued_requests=ns.max_queued_requests)
+    config, disagg = engine_configs_from_args(ns)
+    engine = build_async_llm(config, disagg, max_queued_requests=ns.max_queued_requests)
     try:
         app = build_app(engine, ServerConfig.from_cli_args(ns))
         logger.info("serving %s on http://%s:%d", ns.model, ns.host, ns.port)
-        config = uvicorn.Config(app, host=ns.host, port=ns.port, log_level=ns.log_level,
+        server = uvicorn.Config(app, host=ns.host, port=ns.port, log_level=ns.log_level,
                                 access_log=ns.access_log, timeout_graceful_shutdown=5)
-        uvicorn.Server(config).run()
+        uvicorn.Server(server).run()
     except KeyboardInterrupt:  # NOTE: uvicorn re-raises SIGINT after its graceful shutdown
         logger.info("interrupted: server stopped")
     finally:

@@ -1,4 +1,5 @@
-"""`distllm serve` flags: placement files, the server config, and errors that exit with code 2."""
+"""`distllm serve` flags: the in-process vs Ray engine choice, placement files, the server
+config, and errors that exit with code 2."""
 from __future__ import annotations
 
 import json
@@ -16,26 +17,36 @@ def _placement(tmp_path: Path, **fields: object) -> str:
     return str(path)
 
 
-def test_flags_build_engine_and_server_configs(tiny_model: Path, tmp_path: Path) -> None:
-    ns = serve.make_parser().parse_args(["--model", str(tiny_model), "--num-kv-blocks", "16",
-                                         "--api-key", "k"])
+def _args(*argv: str) -> object:
+    return serve.make_parser().parse_args(list(argv))
+
+
+def test_flags_build_engine_and_server_configs(tiny_model: Path) -> None:
+    ns = _args("--model", str(tiny_model), "--num-kv-blocks", "16", "--api-key", "k")
     assert (ns.host, ns.port) == ("127.0.0.1", 8400)
-    assert serve.engine_config_from_args(ns).cache.num_kv_blocks == 16
+    config, disagg = serve.engine_configs_from_args(ns)
+    assert config.cache.num_kv_blocks == 16 and disagg is None  # one in-process engine
     server = ServerConfig.from_cli_args(ns)
     assert server.served_model_name == str(tiny_model) and server.api_key == "k"
-    ns.placement = _placement(tmp_path, mode="colocated",
-                              colocated={"tp": 1, "pp": 1, "instances": 1})
-    assert serve.engine_config_from_args(ns).parallel.world_size == 1
 
 
-def test_disaggregated_placement_is_refused_until_the_engine_exists(tiny_model: Path,
-                                                                    tmp_path: Path) -> None:
+def test_placement_and_stage_flags_pick_the_ray_engine(tiny_model: Path,
+                                                       tmp_path: Path) -> None:
     placement = _placement(tmp_path, mode="disaggregated", prefill={"tp": 2},
-                           decode={"tp": 1})
-    ns = serve.make_parser().parse_args(["--model", str(tiny_model), "--placement", placement])
-    with pytest.raises(ValueError, match="colocated"):
-        serve.engine_config_from_args(ns)
-    assert serve.main(["--model", str(tiny_model), "--placement", placement]) == 2
+                           decode={"tp": 1, "instances": 2})
+    _, disagg = serve.engine_configs_from_args(_args("--model", str(tiny_model),
+                                                     "--placement", placement))
+    assert (disagg.mode, disagg.prefill_tp, disagg.num_decode_instances) == \
+        ("disaggregated", 2, 2)
+    _, disagg = serve.engine_configs_from_args(_args("--model", str(tiny_model), "--mode",
+                                                     "colocated", "--decode-tp", "2"))
+    assert (disagg.mode, disagg.decode_tp) == ("colocated", 2)
+
+
+def test_bad_flags_exit_with_code_2(tiny_model: Path, tmp_path: Path) -> None:
+    assert serve.main(["--model", str(tiny_model), "--placement",
+                       str(tmp_path / "missing.json")]) == 2
+    assert serve.main(["--model", str(tmp_path)]) == 2  # no config.json
 
 
 def test_server_config_validates() -> None:
