@@ -4,6 +4,7 @@
 // All kernels move bytes (dtype-agnostic), 16 bytes per access when every address allows it.
 #include <cstdint>
 
+#include "common.cuh"
 #include "kernels.h"
 
 namespace distllm::cuda {
@@ -15,14 +16,14 @@ constexpr int kCopyUnroll = 4;
 
 // grid: num_tokens; each thread moves units of U for K and V of one token, all KV heads.
 template <typename U>
-__global__ void __launch_bounds__(kAppendThreads) reshape_and_cache_kernel(const AppendParams p) {
-  const int token = blockIdx.x;
+__global__ void __launch_bounds__(kAppendThreads) reshape_and_cache_kernel(AppendParams p) {
+  const int token = static_cast<int>(blockIdx.x);
   const int64_t slot = p.slot_mapping[token];
   if (slot < 0) return;  // padding: do not write
   const int64_t blk = slot / p.block_size, off = slot % p.block_size;
   const int units_per_head = p.head_bytes / static_cast<int>(sizeof(U));
   const int n = p.num_kv_heads * units_per_head;
-  for (int i = threadIdx.x; i < n; i += kAppendThreads) {
+  for (int i = static_cast<int>(threadIdx.x); i < n; i += kAppendThreads) {
     const int h = i / units_per_head, j = i % units_per_head;
     const int64_t dst = ((blk * p.num_kv_heads + h) * p.block_size + off) * p.head_bytes +
                         static_cast<int64_t>(j) * sizeof(U);
@@ -54,8 +55,8 @@ __device__ __forceinline__ void copy_units(U* __restrict__ dst, const U* __restr
 
 // grid: (num_pairs, num_caches); block (j, c) copies chunk_bytes of pair j in cache c.
 template <typename U>
-__global__ void __launch_bounds__(kCopyThreads) block_copy_kernel(const BlockCopyParams p) {
-  const int pair = blockIdx.x, cache = blockIdx.y;
+__global__ void __launch_bounds__(kCopyThreads) block_copy_kernel(BlockCopyParams p) {
+  const int pair = static_cast<int>(blockIdx.x), cache = static_cast<int>(blockIdx.y);
   const int64_t src_block = p.src_blocks[pair * p.pair_stride];
   const int64_t dst_block = p.dst_blocks[pair * p.pair_stride];
   const char* src = reinterpret_cast<const char*>(p.src_ptrs[cache]) +
@@ -82,14 +83,10 @@ cudaError_t launch_reshape_and_cache(const AppendParams& p, cudaStream_t stream)
                     aligned(p.value_cache, 2) && p.head_bytes % 2 == 0 &&
                     p.key_stride_token % 2 == 0 && p.key_stride_head % 2 == 0 &&
                     p.value_stride_token % 2 == 0 && p.value_stride_head % 2 == 0;
-  if (vec16) {
-    reshape_and_cache_kernel<uint4><<<p.num_tokens, kAppendThreads, 0, stream>>>(p);
-  } else if (vec2) {
-    reshape_and_cache_kernel<uint16_t><<<p.num_tokens, kAppendThreads, 0, stream>>>(p);
-  } else {
-    reshape_and_cache_kernel<uint8_t><<<p.num_tokens, kAppendThreads, 0, stream>>>(p);
-  }
-  return cudaGetLastError();
+  const auto kernel = vec16  ? reshape_and_cache_kernel<uint4>
+                      : vec2 ? reshape_and_cache_kernel<uint16_t>
+                             : reshape_and_cache_kernel<uint8_t>;
+  return launch_kernel(kernel, dim3(p.num_tokens), dim3(kAppendThreads), stream, p);
 }
 
 cudaError_t launch_block_copy(const BlockCopyParams& p, cudaStream_t stream) {
@@ -101,12 +98,8 @@ cudaError_t launch_block_copy(const BlockCopyParams& p, cudaStream_t stream) {
                      aligned16(p.src_offset) && aligned16(p.dst_offset) &&
                      aligned16(p.chunk_bytes);
   const dim3 grid(p.num_pairs, p.num_caches);
-  if (vec16) {
-    block_copy_kernel<uint4><<<grid, kCopyThreads, 0, stream>>>(p);
-  } else {
-    block_copy_kernel<uint8_t><<<grid, kCopyThreads, 0, stream>>>(p);
-  }
-  return cudaGetLastError();
+  const auto kernel = vec16 ? block_copy_kernel<uint4> : block_copy_kernel<uint8_t>;
+  return launch_kernel(kernel, grid, dim3(kCopyThreads), stream, p);
 }
 
 }  // namespace distllm::cuda

@@ -3,8 +3,14 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <utility>
+
+#ifdef DISTLLM_EMULATE
+#include "cuda/emulate/emulate.h"  // host emulation of the CUDA built-ins (CPU tests only)
+#endif
 
 namespace distllm::cuda {
 
@@ -43,6 +49,20 @@ __device__ __forceinline__ void unpack8(const uint4& raw, float (&f)[kVec]) {
 // Streaming 16-byte global load (KV is read once per step: do not keep it in L1).
 __device__ __forceinline__ uint4 load_stream16(const void* ptr) {
   return __ldcs(reinterpret_cast<const uint4*>(ptr));
+}
+
+// kernel<<<grid, block, 0, stream>>>(args...), or its host emulation under DISTLLM_EMULATE.
+template <typename... Params, typename... Args>
+cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream,
+                          Args&&... args) {
+#ifdef DISTLLM_EMULATE
+  (void)stream;
+  emulate::launch(kernel, grid, block, std::forward<Args>(args)...);
+  return cudaSuccess;
+#else
+  kernel<<<grid, block, 0, stream>>>(std::forward<Args>(args)...);
+  return cudaGetLastError();
+#endif
 }
 
 }  // namespace distllm::cuda

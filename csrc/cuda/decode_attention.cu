@@ -127,7 +127,7 @@ __device__ __forceinline__ void combine_and_store(const DecodeParams& p, const S
     }
   }
   __syncthreads();
-  for (int idx = threadIdx.x; idx < nh * D; idx += kThreads) {
+  for (int idx = static_cast<int>(threadIdx.x); idx < nh * D; idx += kThreads) {
     const int h = idx / D, d = idx % D;
     float m_max = -FLT_MAX;
 #pragma unroll
@@ -153,14 +153,15 @@ __device__ __forceinline__ void combine_and_store(const DecodeParams& p, const S
 }
 
 template <typename T, int D, int GT>
-__global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p) {
+__global__ void __launch_bounds__(kThreads) decode_kernel(DecodeParams p) {
   using Tile = DecodeTile<T, D, GT>;
   const int group_size = p.num_heads / p.num_kv_heads;
   const int chunks = (group_size + GT - 1) / GT;
-  const int kvh = blockIdx.x / chunks;
-  const int h0 = kvh * group_size + (blockIdx.x % chunks) * GT;
-  const int nh = min(GT, group_size - (blockIdx.x % chunks) * GT);
-  const int seq = blockIdx.y, split = blockIdx.z;
+  const int bx = static_cast<int>(blockIdx.x);
+  const int kvh = bx / chunks;
+  const int h0 = kvh * group_size + (bx % chunks) * GT;
+  const int nh = min(GT, group_size - (bx % chunks) * GT);
+  const int seq = static_cast<int>(blockIdx.y), split = static_cast<int>(blockIdx.z);
   const int ctx = p.context_lens[seq];
   const int start = split * p.split_tokens;
   const int end = min(ctx, start + p.split_tokens);
@@ -169,13 +170,14 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p) 
     // context (padding) gets zeros.
     if (ctx <= 0 && split == 0) {
       T* out = static_cast<T*>(p.out) + seq * p.out_stride_seq + h0 * p.out_stride_head;
-      for (int idx = threadIdx.x; idx < nh * D; idx += kThreads)
+      for (int idx = static_cast<int>(threadIdx.x); idx < nh * D; idx += kThreads)
         out[(idx / D) * p.out_stride_head + idx % D] = Packed2<T>::from_float(0.f);
     }
     return;
   }
-  const int lane = threadIdx.x % 32;
-  const int group = (threadIdx.x / 32) * Tile::kTokensPerWarp + lane / Tile::kLanes;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int lane = tid % 32;
+  const int group = (tid / 32) * Tile::kTokensPerWarp + lane / Tile::kLanes;
   const int sub = lane % Tile::kLanes;
   const float qscale = p.scale * kLog2e;
   float q[GT][kVec];
@@ -204,20 +206,20 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p) 
 // grid: (num_heads, num_seqs), 128 threads: out = sum_s w_s * tmp_out_s / sum_s w_s with
 // w_s = 2^(lse_s - max lse) over the splits that hold tokens of this sequence.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) merge_kernel(const DecodeParams p) {
+__global__ void __launch_bounds__(kThreads) merge_kernel(DecodeParams p) {
   __shared__ float weights[kMaxSplits];
-  const int head = blockIdx.x, seq = blockIdx.y;
+  const int head = static_cast<int>(blockIdx.x), seq = static_cast<int>(blockIdx.y);
   const int n = min(p.num_splits, (p.context_lens[seq] + p.split_tokens - 1) / p.split_tokens);
   T* out = static_cast<T*>(p.out) + seq * p.out_stride_seq + head * p.out_stride_head;
   const int64_t row0 = static_cast<int64_t>(seq) * p.num_splits * p.num_heads + head;
   float m_max = -FLT_MAX;
   for (int s = 0; s < n; ++s) m_max = fmaxf(m_max, p.tmp_lse[row0 + s * p.num_heads]);
-  for (int s = threadIdx.x; s < n; s += kThreads)
+  for (int s = static_cast<int>(threadIdx.x); s < n; s += kThreads)
     weights[s] = exp2f(p.tmp_lse[row0 + s * p.num_heads] - m_max);
   __syncthreads();
   float w_sum = 0.f;
   for (int s = 0; s < n; ++s) w_sum += weights[s];
-  for (int d = threadIdx.x; d < p.head_dim; d += kThreads) {
+  for (int d = static_cast<int>(threadIdx.x); d < p.head_dim; d += kThreads) {
     float a = 0.f;
     for (int s = 0; s < n; ++s)
       a = fmaf(weights[s], p.tmp_out[(row0 + s * p.num_heads) * p.head_dim + d], a);
@@ -230,16 +232,18 @@ cudaError_t launch_head_dim(const DecodeParams& p, cudaStream_t stream) {
   const int group = p.num_heads / p.num_kv_heads;
   const dim3 grid(p.num_kv_heads * ((group + p.heads_per_block - 1) / p.heads_per_block),
                   p.num_seqs, p.num_splits);
+  void (*kernel)(DecodeParams) = nullptr;
   switch (p.heads_per_block) {
-    case 1: decode_kernel<T, D, 1><<<grid, kThreads, 0, stream>>>(p); break;
-    case 2: decode_kernel<T, D, 2><<<grid, kThreads, 0, stream>>>(p); break;
-    case 4: decode_kernel<T, D, 4><<<grid, kThreads, 0, stream>>>(p); break;
-    case 8: decode_kernel<T, D, 8><<<grid, kThreads, 0, stream>>>(p); break;
+    case 1: kernel = decode_kernel<T, D, 1>; break;
+    case 2: kernel = decode_kernel<T, D, 2>; break;
+    case 4: kernel = decode_kernel<T, D, 4>; break;
+    case 8: kernel = decode_kernel<T, D, 8>; break;
     default: return cudaErrorInvalidValue;
   }
-  if (p.num_splits > 1)
-    merge_kernel<T><<<dim3(p.num_heads, p.num_seqs), kThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  cudaError_t err = launch_kernel(kernel, grid, dim3(kThreads), stream, p);
+  if (err == cudaSuccess && p.num_splits > 1)
+    err = launch_kernel(merge_kernel<T>, dim3(p.num_heads, p.num_seqs), dim3(kThreads), stream, p);
+  return err;
 }
 
 template <typename T>
