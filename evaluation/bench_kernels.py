@@ -4,7 +4,8 @@ One run measures the ceilings first (copy bandwidth: `dst.copy_(src)` of 2 GiB, 
 bytes; bf16 8192^3 matmul TFLOP/s), then per shape: median time, bytes moved, TB/s, fraction of
 the measured copy bandwidth and of the spec bandwidth, next to torch's
 scaled_dot_product_attention on already-gathered KV (its best case) and torch index copies.
-Every timed launch follows an L2 flush (a write of 2x the L2 size) and is timed with CUDA events.
+Every timed launch follows an L2 flush (a write of 2x the L2 size) and is timed with CUDA events
+(a GPU sleep before the start event hides the Python launch latency).
 Goals (issue 7): decode >= 0.8, KV append >= 0.6, migration >= 0.8 of measured bandwidth.
 
     python -m evaluation.bench_kernels --output out/bench_kernels.json
@@ -96,6 +97,9 @@ class Timer:
         ]
         for start, end in events:
             self.flush.zero_()
+            # NOTE: keeps the GPU busy while Python enqueues the op, so the events time the op
+            # and not the launch gap.
+            torch.cuda._sleep(200_000)
             start.record()
             fn()
             end.record()
