@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 
 from distllm import envs
 from distllm.config import DisaggConfig, EngineConfig
@@ -42,6 +43,10 @@ def engine_configs_from_args(ns: argparse.Namespace) -> tuple[EngineConfig, Disa
     return EngineConfig.from_cli_args(ns), DisaggConfig.from_cli_args(ns)
 
 
+def _log_interrupt(signum: int, frame: object) -> None:
+    logger.info("interrupted: server stopped")
+
+
 def run_server(ns: argparse.Namespace) -> None:
     import uvicorn
 
@@ -56,9 +61,10 @@ def run_server(ns: argparse.Namespace) -> None:
         logger.info("serving %s on http://%s:%d", ns.model, ns.host, ns.port)
         server = uvicorn.Config(app, host=ns.host, port=ns.port, log_level=ns.log_level,
                                 access_log=ns.access_log, timeout_graceful_shutdown=5)
+        # NOTE: uvicorn re-raises a captured SIGINT after its graceful shutdown; with this handler
+        # in place that ends in a log line instead of a KeyboardInterrupt traceback.
+        signal.signal(signal.SIGINT, _log_interrupt)
         uvicorn.Server(server).run()
-    except KeyboardInterrupt:  # NOTE: uvicorn re-raises SIGINT after its graceful shutdown
-        logger.info("interrupted: server stopped")
     finally:
         engine.shutdown()
 
