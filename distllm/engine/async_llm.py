@@ -137,13 +137,15 @@ class AsyncLLM:
                 items = [await stream.queue.get()]
                 while not stream.queue.empty():
                     items.append(stream.queue.get_nowait())
+                outputs = [i for i in items if isinstance(i, RequestOutput)]
                 error = next((i for i in items if isinstance(i, BaseException)), None)
-                if error is not None:
+                if outputs:
+                    output = merge_outputs(outputs)
+                    finished = output.finished
+                    yield output
+                if error is not None and not finished:
                     finished = True
                     raise error
-                output = merge_outputs(items)
-                finished = output.finished
-                yield output
         finally:
             self._streams.pop(request_id, None)
             if not finished:
