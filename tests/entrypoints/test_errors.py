@@ -83,6 +83,19 @@ def test_body_size_limit(server: RunningServer) -> None:
     status, _, answer = _post(server.url + "/v1/completions", body)
     assert status == 413 and "exceeds" in answer["error"]["message"]
 
+    async def chunked() -> int:  # no Content-Length: the limit is counted while reading
+        async def parts():  # noqa: ANN202 - async generator body
+            yield b'{"prompt": "'
+            for _ in range(server.config.max_body_bytes // 1024 + 1):
+                yield b"x" * 1024
+            yield b'"}'
+
+        async with aiohttp.ClientSession() as session, \
+                session.post(server.url + "/generate", data=parts()) as resp:
+            return resp.status
+
+    assert asyncio.run(chunked()) == 413
+
 
 def test_api_key_is_required(guarded_server: RunningServer) -> None:
     url = guarded_server.url
