@@ -50,8 +50,12 @@ def test_wrapper_starts_and_stops_a_distllm_server(tiny_model: Path) -> None:
         assert "stopped (server exit code 0)" in proc.stdout.read()
         assert not _is_listening(port)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # SIGTERM: the wrapper still stops its server
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def test_presets_and_placement_override(tmp_path: Path) -> None:
