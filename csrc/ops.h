@@ -46,6 +46,15 @@ void paged_decode_attention_cuda(torch::Tensor& out, const torch::Tensor& query,
                                  const torch::Tensor& block_tables,
                                  const torch::Tensor& context_lens, double scale,
                                  int64_t num_splits);
+// Causal prefill (FlashAttention-2 style, tensor cores): fp16/bf16, head_dim 64/128.
+void prefill_attention_cuda(torch::Tensor& out, const torch::Tensor& query,
+                            const torch::Tensor& key, const torch::Tensor& value,
+                            const torch::Tensor& cu_seqlens_q, double scale,
+                            const std::optional<torch::Tensor>& key_cache,
+                            const std::optional<torch::Tensor>& value_cache,
+                            const std::optional<torch::Tensor>& block_tables,
+                            const std::optional<torch::Tensor>& num_cached_tokens,
+                            int64_t q_tile);
 void reshape_and_cache_cuda(const torch::Tensor& key, const torch::Tensor& value,
                             torch::Tensor& key_cache, torch::Tensor& value_cache,
                             const torch::Tensor& slot_mapping);

@@ -34,6 +34,7 @@ TORCH_LIBRARY(distllm_C, m) {
 
 #ifdef DISTLLM_WITH_CUDA
   m.impl("paged_decode_attention", torch::kCUDA, &paged_decode_attention_cuda);
+  m.impl("prefill_attention", torch::kCUDA, &prefill_attention_cuda);
   m.impl("reshape_and_cache", torch::kCUDA, &reshape_and_cache_cuda);
   m.impl("copy_blocks", torch::kCUDA, &copy_blocks_cuda);
   m.impl("swap_blocks", torch::kCUDA, &swap_blocks_cuda);

@@ -66,4 +66,30 @@ struct BlockCopyParams {
 };
 cudaError_t launch_block_copy(const BlockCopyParams& p, cudaStream_t stream);
 
+// Causal prefill attention over a ragged batch (FlashAttention-2 style: mma.sync m16n8k16
+// tensor-core tiles, online softmax in registers, causal tile skipping). Seq i's new tokens
+// [cu_seqlens_q[i], cu_seqlens_q[i+1]) attend to its first num_cached_tokens[i] tokens, read from
+// the paged cache through block_tables (null: no cached prefix), then causally to each other.
+// grid: (ceil(num_tokens / 64) + num_seqs, num_heads), 128 threads (4 warps x 16 query rows).
+struct PrefillParams {
+  void* out;                       // [num_tokens, num_heads, head_dim], strides below
+  const void* query;               // [num_tokens, num_heads, head_dim]
+  const void* key;                 // [num_tokens, num_kv_heads, head_dim]
+  const void* value;               // [num_tokens, num_kv_heads, head_dim]
+  const int* cu_seqlens_q;         // [num_seqs + 1]
+  const void* key_cache;           // [num_blocks, num_kv_heads, block_size, head_dim] or null
+  const void* value_cache;
+  const int* block_tables;         // [num_seqs, max_blocks_per_seq] or null
+  const int* num_cached_tokens;    // [num_seqs] or null (no cached prefix)
+  int64_t out_stride_token, out_stride_head, q_stride_token, q_stride_head;  // elements, even
+  int64_t k_stride_token, k_stride_head, v_stride_token, v_stride_head;      // multiples of 8
+  int num_seqs, num_tokens, num_heads, num_kv_heads, head_dim;
+  int block_size, max_blocks_per_seq;
+  float scale;
+};
+
+// head_dim 64 or 128.
+bool prefill_supported(int head_dim);
+cudaError_t launch_prefill(const PrefillParams& p, DType dtype, cudaStream_t stream);
+
 }  // namespace distllm::cuda

@@ -168,3 +168,101 @@ void reshape_and_cache_cuda(const torch::Tensor& key, const torch::Tensor& value
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(key_cache.get_device()).stream();
   check_cuda(dc::launch_reshape_and_cache(p, stream), "reshape_and_cache");
 }
+
+namespace {
+
+// Last dim contiguous, token/head strides multiples of `multiple`, base 16-byte aligned.
+bool strided_ok(const torch::Tensor& t, int64_t multiple) {
+  return t.stride(-1) == 1 && t.stride(0) % multiple == 0 && t.stride(1) % multiple == 0 &&
+         reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+}
+
+dc::PrefillParams prefill_params(const torch::Tensor& out, const torch::Tensor& q,
+                                 const torch::Tensor& k, const torch::Tensor& v,
+                                 const torch::Tensor& cu_seqlens_q, double scale) {
+  dc::PrefillParams p{};
+  p.out = out.data_ptr();
+  p.query = q.data_ptr();
+  p.key = k.data_ptr();
+  p.value = v.data_ptr();
+  p.cu_seqlens_q = cu_seqlens_q.data_ptr<int>();
+  p.out_stride_token = out.stride(0);
+  p.out_stride_head = out.stride(1);
+  p.q_stride_token = q.stride(0);
+  p.q_stride_head = q.stride(1);
+  p.k_stride_token = k.stride(0);
+  p.k_stride_head = k.stride(1);
+  p.v_stride_token = v.stride(0);
+  p.v_stride_head = v.stride(1);
+  p.num_seqs = static_cast<int>(cu_seqlens_q.numel() - 1);
+  p.num_tokens = static_cast<int>(q.size(0));
+  p.num_heads = static_cast<int>(q.size(1));
+  p.num_kv_heads = static_cast<int>(k.size(1));
+  p.head_dim = static_cast<int>(q.size(2));
+  p.scale = static_cast<float>(scale);
+  return p;
+}
+
+void set_prefix(dc::PrefillParams& p, const torch::Tensor& q,
+                const std::optional<torch::Tensor>& key_cache,
+                const std::optional<torch::Tensor>& value_cache,
+                const std::optional<torch::Tensor>& block_tables,
+                const std::optional<torch::Tensor>& num_cached_tokens) {
+  if (!num_cached_tokens || !key_cache) return;
+  TORCH_CHECK(value_cache && block_tables, "a cached prefix needs value_cache and block_tables");
+  check_cache(*key_cache, q, "key_cache");
+  check_cache(*value_cache, q, "value_cache");
+  TORCH_CHECK(key_cache->scalar_type() == q.scalar_type() && key_cache->size(3) == q.size(2) &&
+                  key_cache->sizes() == value_cache->sizes(),
+              "caches must match the query's dtype and head_dim");
+  TORCH_CHECK(block_tables->is_cuda() && block_tables->scalar_type() == at::kInt &&
+                  block_tables->is_contiguous() && block_tables->size(0) == p.num_seqs,
+              "block_tables: contiguous CUDA int32 [num_seqs, max_blocks_per_seq]");
+  TORCH_CHECK(num_cached_tokens->is_cuda() && num_cached_tokens->scalar_type() == at::kInt &&
+                  num_cached_tokens->is_contiguous() && num_cached_tokens->numel() == p.num_seqs,
+              "num_cached_tokens: contiguous CUDA int32 [num_seqs]");
+  p.key_cache = key_cache->data_ptr();
+  p.value_cache = value_cache->data_ptr();
+  p.block_tables = block_tables->data_ptr<int>();
+  p.num_cached_tokens = num_cached_tokens->data_ptr<int>();
+  p.block_size = static_cast<int>(key_cache->size(2));
+  p.max_blocks_per_seq = static_cast<int>(block_tables->size(1));
+}
+
+}  // namespace
+
+void prefill_attention_cuda(torch::Tensor& out, const torch::Tensor& query,
+                            const torch::Tensor& key, const torch::Tensor& value,
+                            const torch::Tensor& cu_seqlens_q, double scale,
+                            const std::optional<torch::Tensor>& key_cache,
+                            const std::optional<torch::Tensor>& value_cache,
+                            const std::optional<torch::Tensor>& block_tables,
+                            const std::optional<torch::Tensor>& num_cached_tokens,
+                            int64_t /*q_tile: fixed at 64 rows on CUDA*/) {
+  TORCH_CHECK(query.is_cuda() && query.dim() == 3 && key.dim() == 3 && key.sizes() == value.sizes(),
+              "query: CUDA [tokens, heads, dim]; key/value: [tokens, kv_heads, dim]");
+  const dc::DType dtype = dtype_of(query);
+  TORCH_CHECK(key.scalar_type() == query.scalar_type() &&
+                  value.scalar_type() == query.scalar_type() &&
+                  out.scalar_type() == query.scalar_type() && out.sizes() == query.sizes(),
+              "query, key, value and out must share one dtype; out must be shaped like query");
+  TORCH_CHECK(dc::prefill_supported(static_cast<int>(query.size(2))) &&
+                  key.size(2) == query.size(2) && key.size(0) == query.size(0) &&
+                  query.size(1) % key.size(1) == 0,
+              "CUDA prefill supports head_dim 64/128 and num_heads a multiple of num_kv_heads");
+  TORCH_CHECK(cu_seqlens_q.is_cuda() && cu_seqlens_q.scalar_type() == at::kInt &&
+                  cu_seqlens_q.is_contiguous() && cu_seqlens_q.dim() == 1 &&
+                  cu_seqlens_q.numel() >= 1,
+              "cu_seqlens_q: contiguous CUDA int32 [num_seqs + 1]");
+  const c10::cuda::CUDAGuard guard(query.device());
+  const torch::Tensor q = strided_ok(query, 2) ? query : query.contiguous();
+  const torch::Tensor k = strided_ok(key, 8) ? key : key.contiguous();
+  const torch::Tensor v = strided_ok(value, 8) ? value : value.contiguous();
+  torch::Tensor target =
+      strided_ok(out, 2) ? out : torch::empty_like(query, at::MemoryFormat::Contiguous);
+  dc::PrefillParams p = prefill_params(target, q, k, v, cu_seqlens_q, scale);
+  set_prefix(p, query, key_cache, value_cache, block_tables, num_cached_tokens);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(query.get_device()).stream();
+  check_cuda(dc::launch_prefill(p, dtype, stream), "prefill_attention");
+  if (!target.is_same(out)) out.copy_(target);
+}

@@ -4,7 +4,8 @@ Each public function keeps reference.py's signature and dispatches to the native
 (torch.ops.distllm_C.*) when distllm._C is built, not disabled (DISTLLM_DISABLE_NATIVE=1) and
 supports the tensors' device and dtypes (CPU; fp32/bf16/fp16 caches); otherwise to the reference.
 CUDA tensors go to the CUDA kernels (csrc/cuda) when _C was built with them (HAS_CUDA_NATIVE):
-decode attention for fp16/bf16, head_dim 64/128/256, block_size 8/16/32; the cache ops for any
+decode attention for fp16/bf16, head_dim 64/128/256, block_size 8/16/32; prefill attention for
+fp16/bf16, head_dim 64/128 (cached prefix: block_size 8/16/32); the cache ops for any
 dtype; `migrate_blocks` is the batched KV migration gather/scatter (one launch per call).
 """
 
@@ -77,6 +78,21 @@ def _cuda_decode_ok(
         and query.shape[-1] in (64, 128, 256)
         and key_cache.shape[2] in (8, 16, 32)
         and query.shape[1] % key_cache.shape[1] == 0
+    )
+
+
+def _cuda_prefill_ok(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor | None,
+) -> bool:
+    return (
+        query.dtype in _CUDA_ATTN_DTYPES
+        and key.dtype == query.dtype == value.dtype
+        and query.shape[-1] in (64, 128)
+        and query.shape[1] % key.shape[1] == 0
+        and (key_cache is None or key_cache.dtype == query.dtype)
     )
 
 
@@ -173,21 +189,19 @@ def prefill_attention(
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
     """Causal attention over a ragged batch, optionally after a cached prefix (reference.py)."""
     use_cache = num_cached_tokens is not None and key_cache is not None
-    if (
+    tensors = (query, key, value, cu_seqlens_q, key_cache, value_cache, block_tables)
+    cache_ok = not use_cache or (_cache_ok(key_cache, value_cache) and block_tables is not None)
+    native_cuda = (
+        HAS_CUDA_NATIVE
+        and _on_cuda(*tensors, num_cached_tokens, out)
+        and _cuda_prefill_ok(query, key, value, key_cache if use_cache else None)
+        and cache_ok
+    )
+    if native_cuda or (
         HAS_NATIVE
         and query.dtype in _ATTN_DTYPES
-        and _on_cpu(
-            query,
-            key,
-            value,
-            cu_seqlens_q,
-            key_cache,
-            value_cache,
-            block_tables,
-            num_cached_tokens,
-            out,
-        )
-        and (not use_cache or (_cache_ok(key_cache, value_cache) and block_tables is not None))
+        and _on_cpu(*tensors, num_cached_tokens, out)
+        and cache_ok
     ):
         if out is None:
             out = torch.empty_like(query)

@@ -48,3 +48,5 @@ def test_small_run_of_every_path() -> None:
     assert row["max_abs_err_vs_sdpa"] < 2e-2 and row["time_us"] > 0
     assert bk.bench_append(64, timer, ceil)["bytes"] > 0
     assert bk.bench_migrate(8, (0, 4), timer, ceil, num_layers=2)["time_us"] > 0
+    prefill = bk.bench_prefill([100, 30], (4, 2), 64, timer, {"matmul_bf16_tflops": 1.0})
+    assert prefill["tflops"] > 0

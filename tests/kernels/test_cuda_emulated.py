@@ -5,7 +5,9 @@ g++ -DDISTLLM_EMULATE: blocks run one after another, a block's threads are fiber
 __syncthreads and warp shuffles. This checks indexing, GQA head tiles, the online softmax, the
 split + log-sum-exp merge, the decode plan and the byte movers against distllm/ops/reference.py.
 It cannot check GPU-only behaviour (memory ordering, occupancy, speed): the gpu tests do.
-Tolerance: tests/kernels/utils.py TOLERANCES (fp32 accumulation on both sides).
+Tolerance: tests/kernels/utils.py TOLERANCES (fp32 accumulation on both sides); prefill uses
+PREFILL_TOLERANCES (the probabilities are rounded to fp16/bf16 before the P.V tensor-core mma, as in
+FlashAttention-2).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def emu(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
     dll.emu_paged_decode.argtypes = [_P] * 6 + [_I] * 6 + [ctypes.c_float] + [_I] * 3 + [_L] * 2
     dll.emu_reshape_and_cache.argtypes = [_P] * 5 + [_L] * 4 + [_I] * 4
     dll.emu_block_copy.argtypes = [_P] * 4 + [_L] * 6 + [_I] * 2
+    dll.emu_prefill.argtypes = [_P] * 9 + [_I] * 7 + [ctypes.c_float, _I]
     return dll
 
 
@@ -230,3 +233,71 @@ def test_emulated_migrate_head_range(emu) -> None:
     )
     reference.migrate_blocks(src, expected, sb, db, (2, 4), 0)
     assert rc == 0 and all(torch.equal(a, b) for a, b in zip(dst, expected, strict=True))
+
+
+PREFILL_TOLERANCES = {
+    torch.float16: {"atol": 4e-3, "rtol": 4e-3},
+    torch.bfloat16: {"atol": 2.5e-2, "rtol": 2.5e-2},
+}
+
+
+def prefill_case(new_lens, cached, head_dim, num_kv_heads, group, block_size, dtype, seed=0):
+    """Inputs of a ragged prefill batch (cached: prefix lengths or None) and the reference."""
+    gen = torch.Generator().manual_seed(seed)
+    n, heads = sum(new_lens), num_kv_heads * group
+    q = torch.randn(n, heads, head_dim, generator=gen).to(dtype)
+    k = torch.randn(n, num_kv_heads, head_dim, generator=gen).to(dtype)
+    v = torch.randn(n, num_kv_heads, head_dim, generator=gen).to(dtype)
+    cu = torch.tensor([0, *torch.tensor(new_lens).cumsum(0).tolist()], dtype=torch.int32)
+    prefix = None
+    if cached is not None:
+        kv = make_paged_kv(
+            [max(c, 1) for c in cached], num_kv_heads, block_size, head_dim, dtype, gen
+        )
+        prefix = (
+            kv.key_cache,
+            kv.value_cache,
+            kv.block_tables,
+            torch.tensor(cached, dtype=torch.int32),
+        )
+    expected = reference.prefill_attention(q, k, v, cu, head_dim**-0.5, *(prefix or ()))
+    return q, k, v, cu, prefix, expected
+
+
+@pytest.mark.parametrize(
+    ("new_lens", "cached", "head_dim", "group", "dtype"),
+    [
+        ([5], None, 64, 1, torch.float16),
+        ([70, 3, 130], None, 64, 2, torch.bfloat16),  # ragged, several 64-row tiles
+        ([64, 65], None, 128, 4, torch.float16),  # tile boundaries
+        ([20, 65, 1], [37, 0, 100], 128, 2, torch.bfloat16),  # chunked prefill, cached prefix
+        ([9, 33], [5, 64], 64, 8, torch.float16),
+    ],
+)
+def test_emulated_prefill_matches_reference(emu, new_lens, cached, head_dim, group, dtype) -> None:
+    q, k, v, cu, prefix, expected = prefill_case(new_lens, cached, head_dim, 2, group, 16, dtype)
+    out = torch.full_like(q, float("nan"))
+    kc, vc, tables, num_cached = prefix or (None, None, None, None)
+    rc = emu.emu_prefill(
+        out.data_ptr(),
+        q.data_ptr(),
+        k.data_ptr(),
+        v.data_ptr(),
+        cu.data_ptr(),
+        kc.data_ptr() if kc is not None else None,
+        vc.data_ptr() if vc is not None else None,
+        tables.data_ptr() if tables is not None else None,
+        num_cached.data_ptr() if num_cached is not None else None,
+        len(new_lens),
+        q.shape[0],
+        q.shape[1],
+        k.shape[1],
+        head_dim,
+        16,
+        tables.shape[1] if tables is not None else 0,
+        head_dim**-0.5,
+        int(dtype == torch.bfloat16),
+    )
+    assert rc == 0
+    assert torch.isfinite(out.float()).all()
+    torch.testing.assert_close(out.float(), expected.float(), **PREFILL_TOLERANCES[dtype])

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <vector>
 
@@ -105,6 +106,52 @@ inline void run_block(int num_threads, const std::function<void()>& body) {
   g_block = nullptr;
 }
 
+struct MmaSlots {
+  uint32_t a[32][4];
+  uint32_t b[32][2];
+};
+inline MmaSlots g_mma[32];  // warp -> the fragments its lanes hold
+
+template <typename P>
+float2 unpack_reg(uint32_t reg) {
+  typename P::type v;
+  std::memcpy(&v, &reg, sizeof(reg));
+  return P::to_float2(v);
+}
+
+// mma.sync m16n8k16 (row.col, fp32 accumulate) on the fragment layout documented in common.cuh.
+template <typename P>
+void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  const int warp = g_block->current / 32, lane = g_block->current % 32;
+  MmaSlots& s = g_mma[warp];
+  std::memcpy(s.a[lane], a, sizeof(a));
+  std::memcpy(s.b[lane], b, sizeof(b));
+  barrier_wait(g_block->warp_barriers[warp], 32);
+  float A[16][16], B[16][8];
+  for (int l = 0; l < 32; ++l) {
+    const int g = l / 4, t = l % 4;
+    const int rows[4] = {g, g + 8, g, g + 8}, cols[4] = {2 * t, 2 * t, 2 * t + 8, 2 * t + 8};
+    for (int r = 0; r < 4; ++r) {
+      const float2 v = unpack_reg<P>(s.a[l][r]);
+      A[rows[r]][cols[r]] = v.x;
+      A[rows[r]][cols[r] + 1] = v.y;
+    }
+    for (int r = 0; r < 2; ++r) {
+      const float2 v = unpack_reg<P>(s.b[l][r]);
+      B[2 * t + 8 * r][g] = v.x;
+      B[2 * t + 8 * r + 1][g] = v.y;
+    }
+  }
+  const int g = lane / 4, t = lane % 4;
+  for (int k = 0; k < 16; ++k) {
+    d[0] += A[g][k] * B[k][2 * t];
+    d[1] += A[g][k] * B[k][2 * t + 1];
+    d[2] += A[g + 8][k] * B[k][2 * t];
+    d[3] += A[g + 8][k] * B[k][2 * t + 1];
+  }
+  barrier_wait(g_block->warp_barriers[warp], 32);
+}
+
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, dim3 block, Args&&... args) {
   const std::function<void()> body = [&] { kernel(args...); };
@@ -140,3 +187,4 @@ inline float __shfl_xor_sync(unsigned mask, float value, int lane_mask) {
 inline uint4 __ldcs(const uint4* ptr) { return *ptr; }
 
 inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }

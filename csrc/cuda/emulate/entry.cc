@@ -6,6 +6,7 @@
 
 #include "cuda/cache_kernels.cu"
 #include "cuda/decode_attention.cu"
+#include "cuda/prefill_attention.cu"
 
 namespace dc = distllm::cuda;
 
@@ -72,6 +73,38 @@ int emu_block_copy(const int64_t* src_ptrs, const int64_t* dst_ptrs, const int64
                               src_offset,      dst_offset,      chunk_bytes, num_pairs,
                               num_caches};
   return static_cast<int>(dc::launch_block_copy(p, nullptr));
+}
+
+// Contiguous query/key/value/out; key_cache/value_cache/block_tables/num_cached_tokens may be null.
+int emu_prefill(void* out, const void* query, const void* key, const void* value,
+                const int* cu_seqlens_q, const void* key_cache, const void* value_cache,
+                const int* block_tables, const int* num_cached_tokens, int num_seqs,
+                int num_tokens, int num_heads, int num_kv_heads, int head_dim, int block_size,
+                int max_blocks_per_seq, float scale, int is_bf16) {
+  dc::PrefillParams p{};
+  p.out = out;
+  p.query = query;
+  p.key = key;
+  p.value = value;
+  p.cu_seqlens_q = cu_seqlens_q;
+  p.key_cache = key_cache;
+  p.value_cache = value_cache;
+  p.block_tables = block_tables;
+  p.num_cached_tokens = num_cached_tokens;
+  p.out_stride_token = p.q_stride_token = static_cast<int64_t>(num_heads) * head_dim;
+  p.out_stride_head = p.q_stride_head = head_dim;
+  p.k_stride_token = p.v_stride_token = static_cast<int64_t>(num_kv_heads) * head_dim;
+  p.k_stride_head = p.v_stride_head = head_dim;
+  p.num_seqs = num_seqs;
+  p.num_tokens = num_tokens;
+  p.num_heads = num_heads;
+  p.num_kv_heads = num_kv_heads;
+  p.head_dim = head_dim;
+  p.block_size = block_size;
+  p.max_blocks_per_seq = max_blocks_per_seq;
+  p.scale = scale;
+  const dc::DType dtype = is_bf16 ? dc::DType::kBFloat16 : dc::DType::kHalf;
+  return static_cast<int>(dc::launch_prefill(p, dtype, nullptr));
 }
 
 }  // extern "C"
