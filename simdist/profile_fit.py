@@ -1,6 +1,10 @@
 """Fits profile coefficients from measured iteration times (for `distllm profile`): least
 squares of `prefill_ms = a + b*sum(l) + c*sum(l^2)` and, per batch regime,
 `decode_ms = a + b*sum(ctx) + c*batch`. The result drops into a LatencyProfile's `tp` table.
+
+`relative=True` minimises the relative error (each row divided by its measured time) with
+non-negative coefficients, so short steps weigh as much as long ones and the fitted model
+never extrapolates to negative times.
 """
 from __future__ import annotations
 
@@ -9,22 +13,33 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def _lstsq(rows: list[list[float]], ys: list[float], what: str) -> list[float]:
+def _lstsq(rows: list[list[float]], ys: list[float], what: str,
+           relative: bool = False) -> list[float]:
     if len(rows) < 3:
         raise ValueError(f"fit {what}: need >= 3 samples, got {len(rows)}")
-    coef, *_ = np.linalg.lstsq(np.asarray(rows, dtype=np.float64),
-                               np.asarray(ys, dtype=np.float64), rcond=None)
-    return [float(x) for x in coef]
+    a = np.asarray(rows, dtype=np.float64)
+    y = np.asarray(ys, dtype=np.float64)
+    if not relative:
+        coef, *_ = np.linalg.lstsq(a, y, rcond=None)
+        return [float(x) for x in coef]
+    if np.any(y <= 0):
+        raise ValueError(f"fit {what}: relative fit needs positive times")
+    from scipy.optimize import nnls
+
+    scale = np.maximum(np.abs(a).max(axis=0), 1e-30)  # column scaling for conditioning
+    coef, _ = nnls(a / y[:, None] / scale, np.ones_like(y))
+    return [float(x) for x in coef / scale]
 
 
-def fit_prefill(samples: Sequence[tuple[Sequence[int], float]]) -> list[float]:
+def fit_prefill(samples: Sequence[tuple[Sequence[int], float]],
+                relative: bool = False) -> list[float]:
     """[a, b, c] from (prompt lengths of a batch, iteration ms) samples."""
     rows = [[1.0, float(sum(ls)), float(sum(x * x for x in ls))] for ls, _ in samples]
-    return _lstsq(rows, [ms for _, ms in samples], "prefill")
+    return _lstsq(rows, [ms for _, ms in samples], "prefill", relative)
 
 
-def fit_decode(samples: Sequence[tuple[int, int, float]], threshold: int = 95
-               ) -> dict[str, list[float] | int]:
+def fit_decode(samples: Sequence[tuple[int, int, float]], threshold: int = 95,
+               relative: bool = False) -> dict[str, list[float] | int]:
     """{decode_small, decode_large, decode_threshold} from (batch, sum ctx, ms) samples; a
     regime with too few samples reuses the other's fit."""
     small = [s for s in samples if s[0] < threshold]
@@ -32,7 +47,7 @@ def fit_decode(samples: Sequence[tuple[int, int, float]], threshold: int = 95
 
     def fit(ss: Sequence[tuple[int, int, float]], what: str) -> list[float]:
         return _lstsq([[1.0, float(c), float(b)] for b, c, _ in ss], [ms for *_, ms in ss],
-                      what)
+                      what, relative)
 
     fits = {}
     for name, ss in (("decode_small", small), ("decode_large", large)):
@@ -47,6 +62,7 @@ def fit_decode(samples: Sequence[tuple[int, int, float]], threshold: int = 95
 
 def profile_entry(prefill_samples: Sequence[tuple[Sequence[int], float]],
                   decode_samples: Sequence[tuple[int, int, float]],
-                  threshold: int = 95) -> dict:
+                  threshold: int = 95, relative: bool = False) -> dict:
     """One `tp` entry of a profile: {prefill, decode_small, decode_large, decode_threshold}."""
-    return {"prefill": fit_prefill(prefill_samples), **fit_decode(decode_samples, threshold)}
+    return {"prefill": fit_prefill(prefill_samples, relative),
+            **fit_decode(decode_samples, threshold, relative)}

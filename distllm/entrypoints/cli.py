@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "ablation": ("simdist.cli", "ablation_main", "CPU-only simulator ablations"),
     "serve": ("distllm.entrypoints.serve", "main", "the HTTP API server (OpenAI + /generate)"),
     "bench": ("evaluation.benchmark_serving", "main", "load-generate against a running server"),
+    "profile": ("distllm.entrypoints.profile", "main", "time the engine, fit a simdist profile"),
 }
 
 

@@ -1,0 +1,96 @@
+"""`profile_model`: times the grid on a step timer (tqdm progress), fits the latency model, measures
+KV capacity and transfer bandwidth, and builds a `distllm-profile-v1` dict simdist loads as is."""
+from __future__ import annotations
+
+import logging
+import platform
+import statistics
+from dataclasses import dataclass, field
+
+from distllm.profiler.fit import DecodeSample, FitResult, PrefillSample, fit_profile_entry
+from distllm.profiler.grid import ProfileGridConfig, decode_step, prefill_step
+from distllm.profiler.timers import StepTimer
+
+logger = logging.getLogger(__name__)
+PROFILE_FORMAT = "distllm-profile-v1"
+TRANSFER_BLOCKS = (4, 64)  # KV blocks per timed transfer: latency from the small, rate from both
+
+
+@dataclass
+class ProfileRun:
+    """What one profiling run measured (ms) and fitted."""
+
+    prefill: list[PrefillSample] = field(default_factory=list)
+    decode: list[DecodeSample] = field(default_factory=list)
+    fit: FitResult | None = None
+    kv_capacity_tokens: int = 0
+    transfer: dict = field(default_factory=dict)  # bytes/seconds per size, gb_s, latency_ms
+
+
+def _median_ms(timer: StepTimer, out: object, grid: ProfileGridConfig) -> float:
+    for _ in range(grid.warmup):
+        timer.time_step(out)
+    return 1e3 * statistics.median(timer.time_step(out) for _ in range(grid.repeats))
+
+
+def time_grid(timer: StepTimer, grid: ProfileGridConfig, vocab_size: int,
+              progress: bool = True) -> ProfileRun:
+    """Median step time of every grid point (prefill points, then decode points)."""
+    from tqdm import tqdm
+
+    run = ProfileRun()
+    points = [("prefill", p) for p in grid.prefill_points()]
+    points += [("decode", p) for p in grid.decode_points()]
+    for kind, (batch, n) in tqdm(points, desc="profiling steps", disable=not progress,
+                                 unit="pt"):
+        if kind == "prefill":
+            ms = _median_ms(timer, prefill_step(batch, n, grid, vocab_size), grid)
+            run.prefill.append(([n] * batch, ms))
+        else:
+            ms = _median_ms(timer, decode_step(batch, n, grid, vocab_size), grid)
+            run.decode.append((batch, batch * n, ms))
+    return run
+
+
+def measure_transfer(timer: StepTimer, block_size: int, repeats: int = 5) -> dict:
+    """Median transfer time at two sizes: bandwidth from the difference (fixed costs cancel),
+    latency = the small transfer's time minus its bytes at that bandwidth."""
+    sizes = {n: timer.transfer_seconds(n, repeats) for n in TRANSFER_BLOCKS}
+    (b0, t0), (b1, t1) = sizes[TRANSFER_BLOCKS[0]], sizes[TRANSFER_BLOCKS[1]]
+    gb_s = (b1 - b0) / max(t1 - t0, 1e-9) / 1e9
+    latency_ms = max(0.0, 1e3 * (t0 - b0 / (gb_s * 1e9)))
+    return {"gb_s": gb_s, "latency_ms": latency_ms, "block_size": block_size,
+            "points": [{"blocks": n, "bytes": b, "seconds": s} for n, (b, s) in sizes.items()]}
+
+
+def profile_model(timer: StepTimer, grid: ProfileGridConfig, progress: bool = True,
+                  measure_kv_transfer: bool = True) -> ProfileRun:
+    """Time the grid, fit, and measure the KV figures of `timer`'s instance."""
+    vocab = timer.config.model.dims.vocab_size
+    run = time_grid(timer, grid, vocab, progress)
+    run.fit = fit_profile_entry(run.prefill, run.decode)
+    run.kv_capacity_tokens = timer.kv_capacity_tokens()
+    if measure_kv_transfer:
+        run.transfer = measure_transfer(timer, grid.block_size)
+    logger.info("fit residuals: prefill max %.1f %% rms %.1f %%, decode max %.1f %% rms %.1f %%",
+                100 * run.fit.prefill.max_rel, 100 * run.fit.prefill.rms_rel,
+                100 * run.fit.decode.max_rel, 100 * run.fit.decode.rms_rel)
+    return run
+
+
+def to_profile(run: ProfileRun, model_name: str, kv_bytes_per_token: int, tp: int, pp: int,
+               hardware: str, engine: str = "distllm", source: str = "") -> dict:
+    """A `distllm-profile-v1` dict (simdist.profile.LatencyProfile.from_dict reads it)."""
+    assert run.fit is not None, "fit first"
+    interconnect = {}
+    if run.transfer:
+        interconnect = {"nvlink_gb_s": run.transfer["gb_s"], "network_gb_s": run.transfer["gb_s"]}
+    model = {"kv_bytes_per_token": kv_bytes_per_token, "tp": {str(tp): run.fit.entry},
+             "kv_capacity_tokens": {f"{tp}x{pp}": run.kv_capacity_tokens}}
+    return {"format": PROFILE_FORMAT, "hardware": hardware, "engine": engine,
+            "source": source or f"distllm profile on {platform.node() or 'this host'}",
+            "overhead": {"iteration_ms": 0.0, "per_token_ms": 0.0, "prefill_stage_ms": 0.0},
+            "interconnect": interconnect, "models": {model_name: model},
+            "fit": {"prefill": run.fit.prefill.to_json(), "decode": run.fit.decode.to_json(),
+                    "transfer": run.transfer,
+                    "samples": {"prefill": run.prefill, "decode": run.decode}}}

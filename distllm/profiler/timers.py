@@ -1,0 +1,116 @@
+"""Step timers the profiler drives: each runs one hand-made `SchedulerOutput` the way the engine
+does and returns its wall time, and measures the instance's KV capacity and KV transfer bandwidth.
+
+- `InProcessTimer`: a `Worker` in this process (tp = pp = 1): the colocated engine's step.
+- `RayTimer`: one prefill and one decode instance on Ray, as the disaggregated engine builds
+  them (Ray call + every tp x pp worker); KV transfer uses the engine's own migration path.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from distllm.config import DisaggConfig, EngineConfig
+    from distllm.core.scheduler_output import SchedulerOutput
+
+logger = logging.getLogger(__name__)
+
+
+class StepTimer(ABC):
+    """Times steps of one instance configuration."""
+
+    config: EngineConfig
+
+    @abstractmethod
+    def time_step(self, scheduler_output: SchedulerOutput) -> float:
+        """Seconds one step (inputs, forward, sampling) takes, as the engine runs it."""
+
+    @abstractmethod
+    def kv_capacity_tokens(self) -> int:
+        """KV tokens one instance holds (its cache config)."""
+
+    @abstractmethod
+    def transfer_seconds(self, num_blocks: int, repeats: int) -> tuple[int, float]:
+        """(bytes, median seconds) of moving `num_blocks` KV blocks between two instances."""
+
+    def close(self) -> None:
+        """Release workers and processes."""
+
+
+class InProcessTimer(StepTimer):
+    """A Worker in this process; KV transfer is timed over gloo between two local processes."""
+
+    def __init__(self, config: EngineConfig, num_threads: int = 1) -> None:
+        import torch
+
+        from distllm.worker.worker import Worker
+
+        if config.parallel.world_size != 1:
+            raise ValueError("the in-process timer runs tp = pp = 1; use the ray backend")
+        torch.set_num_threads(num_threads)
+        self.config = config
+        self.worker = Worker(config)
+        num_blocks, swap = self.worker.determine_num_blocks()
+        self.num_blocks = num_blocks
+        self.worker.init_cache(num_blocks, swap)
+
+    def time_step(self, scheduler_output: SchedulerOutput) -> float:
+        t0 = time.perf_counter()
+        self.worker.execute_model(scheduler_output)
+        return time.perf_counter() - t0
+
+    def kv_capacity_tokens(self) -> int:
+        return self.num_blocks * self.config.cache.block_size
+
+    def transfer_seconds(self, num_blocks: int, repeats: int) -> tuple[int, float]:
+        from distllm.profiler.gloo_bandwidth import time_gloo_transfer
+
+        cache = self.worker.cache_engine
+        assert cache is not None
+        k = cache.device_caches[0][0]  # [num_blocks, kv_heads, block_size, head_dim]
+        shape = (2, len(cache.device_caches), num_blocks, *k.shape[1:])
+        return time_gloo_transfer(shape, k.dtype, repeats)
+
+
+class RayTimer(StepTimer):
+    """One prefill + one decode instance built exactly as `DisaggEngine` builds them."""
+
+    def __init__(self, config: EngineConfig, disagg: DisaggConfig) -> None:
+        from distllm.engine.disagg_controller import DisaggEngine
+
+        self.config = config
+        self.timeout_s = disagg.step_timeout_s
+        self.engine = DisaggEngine(config, disagg)
+        self.prefill, self.decode = self.engine.prefill[0], self.engine.decode[0]
+
+    def time_step(self, scheduler_output: SchedulerOutput) -> float:
+        import ray
+
+        inst = self.decode if scheduler_output.decodes else self.prefill
+        t0 = time.perf_counter()
+        ray.get(inst.submit(scheduler_output), timeout=self.timeout_s)
+        return time.perf_counter() - t0
+
+    def kv_capacity_tokens(self) -> int:
+        return self.decode.block_manager.num_blocks * self.config.cache.block_size
+
+    def transfer_seconds(self, num_blocks: int, repeats: int) -> tuple[int, float]:
+        import ray
+
+        from distllm.engine.stage_engine import submit_migration
+
+        blocks = list(range(num_blocks))
+        nbytes, times = 0, []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            nbytes = sum(ray.get(submit_migration(self.prefill, self.decode, blocks, blocks),
+                                 timeout=self.timeout_s))
+            times.append(time.perf_counter() - t0)
+        return nbytes, statistics.median(times)
+
+    def close(self) -> None:
+        self.engine.shutdown()
