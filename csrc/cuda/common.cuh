@@ -47,11 +47,6 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
-// Two 16-bit values -> one register (lo in the low half).
-__device__ __forceinline__ uint32_t pack_halves(uint16_t lo, uint16_t hi) {
-  return static_cast<uint32_t>(lo) | (static_cast<uint32_t>(hi) << 16);
-}
-
 // d += a * b for one warp: a 16x16 (row-major) times b 16x8 (col-major) tile of T, fp32 d
 // (PTX mma.sync.aligned.m16n8k16). Fragments, with g = lane / 4 and t = lane % 4:
 // a[0]: A[g][2t..2t+1], a[1]: A[g+8][2t..], a[2]: A[g][2t+8..], a[3]: A[g+8][2t+8..];

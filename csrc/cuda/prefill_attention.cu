@@ -20,11 +20,12 @@ constexpr int kCols = 64;      // KV tokens per tile
 constexpr int kPThreads = 128;
 constexpr float kLog2eP = 1.4426950408889634f;
 
+// NOTE: rows are padded by 8 elements so the fragment loads are bank-conflict free; V is stored
+// transposed so the P.V B fragments (two consecutive tokens of one dim) are 32-bit loads.
 template <int D>
 struct PrefillSmem {
-  static constexpr int kStride = D + 8;  // padded rows: conflict-free fragment loads
-  uint16_t k[kCols][kStride];
-  uint16_t v[kCols][kStride];
+  uint16_t k[kCols][D + 8];   // [token][dim]
+  uint16_t vt[D][kCols + 8];  // [dim][token]
 };
 
 struct TileInfo {
@@ -72,7 +73,9 @@ __device__ __forceinline__ void load_kv_tile(const PrefillParams& p, const TileI
                                              chunk * 8);
     }
     *reinterpret_cast<uint4*>(&sm.k[row][chunk * 8]) = kval;
-    *reinterpret_cast<uint4*>(&sm.v[row][chunk * 8]) = vval;
+    const uint16_t* v16 = reinterpret_cast<const uint16_t*>(&vval);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sm.vt[chunk * 8 + e][row] = v16[e];
   }
 }
 
@@ -150,8 +153,8 @@ __device__ __forceinline__ void accumulate_pv(WarpState<T, D>& ws, const Prefill
 #pragma unroll
     for (int jd = 0; jd < D / 8; ++jd) {
       const int c = jd * 8 + g;
-      const uint32_t b[2] = {pack_halves(sm.v[r0][c], sm.v[r0 + 1][c]),
-                             pack_halves(sm.v[r0 + 8][c], sm.v[r0 + 9][c])};
+      const uint32_t b[2] = {*reinterpret_cast<const uint32_t*>(&sm.vt[c][r0]),
+                             *reinterpret_cast<const uint32_t*>(&sm.vt[c][r0 + 8])};
       mma_m16n8k16<T>(ws.o[jd], a, b);
     }
   }
