@@ -63,17 +63,6 @@ def instance_specs(config: EngineConfig, disagg: DisaggConfig) -> list[tuple[str
             + [("decode", f"decode-{i}", decode) for i in range(d.num_decode_instances)])
 
 
-class _Finisher:
-    """What the output processor calls to stop a request on a stop string: the holder's
-    scheduler."""
-
-    def __init__(self, engine: DisaggEngine) -> None:
-        self.engine = engine
-
-    def finish_requests(self, request_ids: str | list[str], status: RequestStatus) -> None:
-        self.engine.finish_requests(request_ids, status)
-
-
 class DisaggEngine:
     """Disaggregated (or colocated) serving on Ray, driven one `step()` at a time.
 
@@ -95,7 +84,6 @@ class DisaggEngine:
         self._migrations: dict[str, Migration] = {}  # request id -> migration in flight
         self.migrated_bytes = 0
         self.migration_time_s = 0.0
-        self._finisher = _Finisher(self)
 
     def _build_instances(self) -> list[StageEngine]:
         specs = instance_specs(self.config, self.disagg)
@@ -182,15 +170,16 @@ class DisaggEngine:
         self._start_pulls()
         for inst in self.instances:
             inst.step_once()
-        outputs = self.output_processor.process(updated, self._finisher)
+        # NOTE: the processor stops requests on stop strings through our finish_requests
+        outputs = self.output_processor.process(updated, self)  # type: ignore[arg-type]
         for output in outputs:
             if output.finished:
                 self._holders.pop(output.request_id, None)
         return outputs
 
     def _collect(self, timeout_s: float) -> list[Request]:
-        pending: list[tuple[Any, list[Any]]] = [(i, i.inflight.refs) for i in self.instances
-                                                if i.inflight is not None]
+        pending: list[tuple[Any, list[Any]]] = [(i, i.inflight[0].refs) for i in self.instances
+                                                if i.inflight]
         pending += [(m, m.refs) for m in self._migrations.values()]
         refs = [ref for _, rs in pending for ref in rs]
         if not refs:
@@ -208,7 +197,7 @@ class DisaggEngine:
         return updated
 
     def _complete_step(self, inst: StageEngine) -> list[Request]:
-        step, inst.inflight = inst.inflight, None
+        step = inst.inflight.pop(0)  # NOTE: a worker runs its steps in submission order
         try:
             output = ray.get(step.refs, timeout=self.disagg.step_timeout_s)[0]
         except ray.exceptions.RayActorError as e:
@@ -280,7 +269,7 @@ class DisaggEngine:
         logger.warning("%d request(s) failed: %s", len(request_ids), message)
 
     def _kill_instance(self, inst: StageEngine, reason: str) -> None:
-        inst.dead_reason, inst.inflight = reason, None
+        inst.dead_reason, inst.inflight = reason, []
         self._fail(inst, list(inst.scheduler.requests), reason)
         for m in [m for m in self._migrations.values() if inst in (m.src, m.dst)]:
             self._complete_migration(m, error=reason)
@@ -288,7 +277,7 @@ class DisaggEngine:
     def _check_timeouts(self) -> None:
         now, limit = time.monotonic(), self.disagg.step_timeout_s
         for inst in self.instances:
-            if inst.inflight is not None and now - inst.inflight.started_s > limit:
+            if inst.inflight and now - inst.inflight[0].started_s > limit:
                 self._kill_instance(inst, f"{inst.name}: a step ran over {limit:.0f} s")
         for m in [m for m in self._migrations.values() if now - m.started_s > limit]:
             self._complete_migration(m, error=f"KV migration ran over {limit:.0f} s")

@@ -3,7 +3,8 @@ manager, driving the instance's tp x pp Ray workers.
 
     submit(schedule()):  stage 0 workers --hidden (Ray object refs)--> stage 1 ... --> last stage
     TP ranks of a stage run the same SchedulerOutput in lockstep (all-reduce over their gloo
-    group); TP rank 0 of the last stage returns the sampled tokens.
+    group); TP rank 0 of the last stage returns the sampled tokens. A prefill instance keeps up
+    to pp micro-batches in the pipeline at once.
 """
 from __future__ import annotations
 
@@ -54,7 +55,10 @@ class StageEngine:
             self.scheduler = DecodeScheduler(*args, pull_threshold=disagg.decode_pull_threshold)
         else:
             self.scheduler = ColocatedScheduler(*args)
-        self.inflight: InflightStep | None = None
+        self.inflight: list[InflightStep] = []  # submission order
+        # NOTE: a prefill scheduler only ever schedules waiting requests, so a pipelined prefill
+        # instance keeps up to pp micro-batches in flight; decode and colocated keep one.
+        self.max_inflight = self.pp if kind == "prefill" else 1
         self.dead_reason: str | None = None  # set when a worker died or hung
 
     @property
@@ -70,14 +74,14 @@ class StageEngine:
         return self.dead_reason is None
 
     def step_once(self) -> bool:
-        """Schedule and submit a step when none is in flight; True if one was submitted."""
-        if self.inflight is not None or not self.is_alive:
+        """Schedule and submit a step when the pipeline has room; True if one was submitted."""
+        if len(self.inflight) >= self.max_inflight or not self.is_alive:
             return False
         out = self.scheduler.schedule()
         if not (out.has_forward or out.blocks_to_swap_in or out.blocks_to_swap_out
                 or out.blocks_to_copy or out.finished_request_ids):
             return False
-        self.inflight = InflightStep(self.submit(out), out, time.monotonic())
+        self.inflight.append(InflightStep(self.submit(out), out, time.monotonic()))
         return True
 
     def submit(self, scheduler_output: SchedulerOutput) -> list[Any]:

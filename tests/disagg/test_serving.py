@@ -105,3 +105,29 @@ def test_random_aborts_leave_no_leaks(async_llm: AsyncDisaggLLM) -> None:
     results = asyncio.run(main())
     assert results.count("done") > 100 and results.count("aborted") > 20
     _assert_no_leaks(async_llm)
+
+
+def test_stop_strings_and_ids_match_the_in_process_engine(
+        async_llm: AsyncDisaggLLM, tiny_gqa: Path, prompts: list[list[int]],
+        reference: list[list[int]]) -> None:
+    from distllm import LLM
+
+    local = LLM(str(tiny_gqa), **ENGINE_KWARGS)
+    text = local.engine.tokenizer.decode(reference[1])
+    params = [SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True,
+                             stop=[text[len(text) // 2:len(text) // 2 + 3]]),
+              SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True,
+                             stop_token_ids=[reference[1][6]])]
+    expected = local.generate([prompts[1]] * 2, params, use_tqdm=False)
+    engine = async_llm.engine
+    for i, p in enumerate(params):
+        engine.add_request(f"stop{i}", prompts[1], p)
+    got = {}
+    while engine.has_unfinished_requests():
+        got.update({o.request_id: o for o in engine.step() if o.finished})
+    for i, exp in enumerate(expected):
+        out = got[f"stop{i}"]
+        assert (out.text, out.token_ids, out.stop_reason) == (exp.text, exp.token_ids,
+                                                              exp.stop_reason)
+        assert out.finish_reason == "stop" and len(out.token_ids) < 24
+    _assert_no_leaks(async_llm)
