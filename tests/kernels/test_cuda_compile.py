@@ -55,10 +55,6 @@ def _cuda_include_flags() -> list[str]:
     return flags
 
 
-def _run(cmd: list[str]) -> tuple[list[str], subprocess.CompletedProcess]:
-    return cmd, subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-
-
 def _run_all(cmds: list[list[str]]) -> None:
     with ThreadPoolExecutor(max_workers=2) as pool:
         results = list(pool.map(_run, cmds))
@@ -66,70 +62,90 @@ def _run_all(cmds: list[list[str]]) -> None:
     assert not failures, "\n\n".join(failures)
 
 
-@needs_nvcc
-def test_cuda_kernels_compile_for_sm80_and_sm90(tmp_path: Path) -> None:
-    sources = sorted(CUDA_DIR.glob("*.cu"))
-    assert sources, "csrc/cuda has no .cu files"
+def _run(cmd: list[str]) -> tuple[list[str], subprocess.CompletedProcess]:
+    return cmd, subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def _nvcc_cmds(out: Path) -> list[list[str]]:
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS]
-    cmds = [
-        [
-            NVCC,
-            "-c",
-            "-O3",
-            "-std=c++17",
-            "-Werror=all-warnings",
-            *gencode,
-            "-I",
-            str(ROOT / "csrc"),
-            "-o",
-            str(tmp_path / f"{src.stem}.o"),
-            str(src),
-        ]
-        for src in sources
-    ]
-    _run_all(cmds)
-    for src in sources:
-        assert (tmp_path / f"{src.stem}.o").stat().st_size > 0
+    return [
+        [NVCC, "-c", "-O3", "-std=c++17", "-Werror=all-warnings", *gencode,
+         "-I", str(ROOT / "csrc"), "-o", str(out / f"{src.stem}.o"), str(src)]
+        for src in sorted(CUDA_DIR.glob("*.cu"))
+    ]  # fmt: skip
 
 
-def _torch_includes() -> list[str]:
-    torch = pytest.importorskip("torch")
+def _torch_includes() -> list[str] | None:
+    try:
+        import torch
+    except ImportError:
+        return None
     base = Path(torch.__file__).resolve().parent / "include"
     if not (base / "c10" / "cuda" / "CUDAStream.h").exists():
-        pytest.skip("this torch ships no c10/cuda headers")
-    return [
-        "-I",
-        str(base),
-        "-I",
-        str(base / "torch" / "csrc" / "api" / "include"),
-        "-I",
-        sysconfig.get_paths()["include"],
-    ]
+        return None  # this torch ships no c10/cuda headers
+    include = sysconfig.get_paths()["include"]
+    return ["-I", str(base), "-I", str(base / "torch" / "csrc" / "api" / "include"), "-I", include]
 
 
-@needs_nvcc
-@pytest.mark.skipif(_cxx() is None, reason="no host C++ compiler")
-def test_torch_launchers_syntax_check(tmp_path: Path) -> None:
+def _launcher_cmd(out: Path, torch_includes: list[str]) -> list[str]:
     sources = [*sorted(CUDA_DIR.glob("*.cpp")), ROOT / "csrc" / "torch_bindings.cpp"]
     # NOTE: one unity translation unit parses torch's headers once (the dominant cost).
-    unity = tmp_path / "unity.cpp"
+    unity = out / "unity.cpp"
     unity.write_text("".join(f'#include "{src}"\n' for src in sources))
     # NOTE: a CPU torch wheel lacks the generated cuda_cmake_macros.h; nothing in it is needed on
     # Linux, so the configure-file include is switched off.
-    flags = [
-        "-std=gnu++17",
-        "-fsyntax-only",
-        "-Wall",
-        "-Werror=return-type",
-        "-Wno-unused-function",
-        "-DDISTLLM_WITH_CUDA",
-        "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
-        "-I",
-        str(ROOT / "csrc"),
-        *_cuda_include_flags(),
-        *_torch_includes(),
-    ]
-    _run_all([[_cxx(), *flags, str(unity)]])
+    return [
+        _cxx(), "-std=gnu++17", "-fsyntax-only", "-Wall", "-Werror=return-type",
+        "-Wno-unused-function", "-DDISTLLM_WITH_CUDA", "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
+        "-I", str(ROOT / "csrc"), *_cuda_include_flags(), *torch_includes, str(unity),
+    ]  # fmt: skip
+
+
+Jobs = list[tuple[list[str], subprocess.Popen]]
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Jobs]:
+    """Starts every compile of this module at once (they overlap on the cores)."""
+    out = tmp_path_factory.mktemp("cuda_build")
+    cmds: dict[str, list[list[str]]] = {"kernels": [], "launchers": []}
+    if NVCC is not None:
+        cmds["kernels"] = _nvcc_cmds(out)
+        torch_includes = _torch_includes()
+        if _cxx() is not None and torch_includes is not None:
+            cmds["launchers"] = [_launcher_cmd(out, torch_includes)]
+    start = lambda c: (c, subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    jobs = {name: [start(c) for c in group] for name, group in cmds.items()}
+    yield jobs
+    for group in jobs.values():
+        for _, proc in group:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+
+
+def _assert_succeeded(jobs: Jobs) -> None:
+    failures = []
+    for cmd, proc in jobs:
+        _, err = proc.communicate(timeout=300)
+        if proc.returncode:
+            failures.append(f"{' '.join(cmd)}\n{err.decode(errors='replace')[-4000:]}")
+    assert not failures, "\n\n".join(failures)
+
+
+@needs_nvcc
+def test_cuda_kernels_compile_for_sm80_and_sm90(builds: dict[str, Jobs]) -> None:
+    assert builds["kernels"], "csrc/cuda has no .cu files"
+    _assert_succeeded(builds["kernels"])
+    for cmd, _ in builds["kernels"]:
+        assert Path(cmd[cmd.index("-o") + 1]).stat().st_size > 0
+
+
+@needs_nvcc
+def test_torch_launchers_syntax_check(builds: dict[str, Jobs]) -> None:
+    if not builds["launchers"]:
+        pytest.skip("no host C++ compiler or no c10/cuda headers in this torch")
+    _assert_succeeded(builds["launchers"])
 
 
 PLAN_TEST = r"""

@@ -135,3 +135,20 @@ def test_decode_rejects_unsupported_shapes() -> None:
         query.float(), key_cache.float(), value_cache.float(), tables, lens, scale
     )
     assert_close(got, expected)
+
+
+def test_decode_captures_in_a_cuda_graph() -> None:
+    """No host sync or host allocation in the op: it can run inside a CUDA graph (decode steps)."""
+    query, key_cache, value_cache, tables, lens, scale = _case(
+        [300, 4000], 128, 2, 4, 16, torch.bfloat16, seed=5
+    )
+    out = torch.empty_like(query)
+    ops.paged_decode_attention(query, key_cache, value_cache, tables, lens, scale, out=out)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ops.paged_decode_attention(query, key_cache, value_cache, tables, lens, scale, out=out)
+    query.copy_(torch.randn_like(query))  # new inputs, same buffers
+    graph.replay()
+    torch.cuda.synchronize()
+    expected = reference.paged_decode_attention(query, key_cache, value_cache, tables, lens, scale)
+    assert_close(out, expected)
