@@ -78,15 +78,19 @@ class ClusterSpec:
 
 
 class Link:
-    __slots__ = ("free_at", "sec_per_byte")
+    """One FIFO link: a transfer takes `latency_s` (the profile's `overhead.transfer_ms`, the
+    fixed cost of a migration: RPCs, gather/scatter) plus its bytes at the link's bandwidth."""
 
-    def __init__(self, gb_s: float) -> None:
+    __slots__ = ("free_at", "latency_s", "sec_per_byte")
+
+    def __init__(self, gb_s: float, latency_s: float = 0.0) -> None:
         self.free_at = 0.0
         self.sec_per_byte = 1.0 / (gb_s * 1e9)
+        self.latency_s = latency_s
 
     def send(self, now: float, nbytes: int) -> float:
         start = now if now > self.free_at else self.free_at
-        self.free_at = end = start + nbytes * self.sec_per_byte
+        self.free_at = end = start + self.latency_s + nbytes * self.sec_per_byte
         return end
 
 
@@ -101,6 +105,7 @@ class Cluster:
         # (prefill index, decode index) or ("net", src node, dst node) -> link
         self.links: dict[tuple, Link] = {}
         self.kv_bytes = profile.kv_bytes_per_token(spec.model)
+        self.transfer_s = profile.overhead.get("transfer_ms", 0.0) * 1e-3
         self.num_finished = 0
         used: dict[int, int] = {}  # node -> GPUs handed out
         for i, ispec in enumerate(spec.instances):
@@ -175,12 +180,12 @@ class Cluster:
             shared = self.links.get(("net", src.node, dst.node))
             if shared is None:
                 bw = self.profile.bandwidth_gb_s("network") * pairs
-                shared = self.links[("net", src.node, dst.node)] = Link(bw)
+                shared = self.links[("net", src.node, dst.node)] = Link(bw, self.transfer_s)
             return shared
         if set(src.gpus) & set(dst.gpus):
             hbm = 2000.0  # same GPU: a device-local copy, GB/s
             return Link(hbm * pairs)
-        return Link(self.profile.bandwidth_gb_s("nvlink") * pairs)
+        return Link(self.profile.bandwidth_gb_s("nvlink") * pairs, self.transfer_s)
 
     def finish(self, r: SimRequest) -> None:
         r.log.append((_DE, self.sim.now))

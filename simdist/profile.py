@@ -21,7 +21,8 @@ FORMAT = "distllm-profile-v1"
 FALLBACK_INTERCONNECT = {"nvlink_gb_s": 10.0, "network_gb_s": 1.0}
 PROFILE_DIR = Path(__file__).parent / "profiles"
 # Shipped profiles by short name (files under simdist/profiles/).
-SHIPPED = {"distserve-a100": "a100-80g.distserve.json", "vllm-a100": "a100-80g.vllm.json"}
+SHIPPED = {"distserve-a100": "a100-80g.distserve.json", "vllm-a100": "a100-80g.vllm.json",
+           "cpu-demo": "cpu-demo.json"}  # cpu-demo: `distllm demo`'s model, `distllm profile`
 
 
 class StageCost:

@@ -82,14 +82,16 @@ def to_profile(run: ProfileRun, model_name: str, kv_bytes_per_token: int, tp: in
                hardware: str, engine: str = "distllm", source: str = "") -> dict:
     """A `distllm-profile-v1` dict (simdist.profile.LatencyProfile.from_dict reads it)."""
     assert run.fit is not None, "fit first"
-    interconnect = {}
+    interconnect, overhead = {}, {"iteration_ms": 0.0, "per_token_ms": 0.0,
+                                  "prefill_stage_ms": 0.0, "transfer_ms": 0.0}
     if run.transfer:
         interconnect = {"nvlink_gb_s": run.transfer["gb_s"], "network_gb_s": run.transfer["gb_s"]}
+        overhead["transfer_ms"] = run.transfer["latency_ms"]
     model = {"kv_bytes_per_token": kv_bytes_per_token, "tp": {str(tp): run.fit.entry},
              "kv_capacity_tokens": {f"{tp}x{pp}": run.kv_capacity_tokens}}
     return {"format": PROFILE_FORMAT, "hardware": hardware, "engine": engine,
             "source": source or f"distllm profile on {platform.node() or 'this host'}",
-            "overhead": {"iteration_ms": 0.0, "per_token_ms": 0.0, "prefill_stage_ms": 0.0},
+            "overhead": overhead,
             "interconnect": interconnect, "models": {model_name: model},
             "fit": {"prefill": run.fit.prefill.to_json(), "decode": run.fit.decode.to_json(),
                     "transfer": run.transfer,
