@@ -38,8 +38,11 @@ __device__ __forceinline__ TileInfo find_tile(const PrefillParams& p, int bx) {
     const int begin = p.cu_seqlens_q[s], len = p.cu_seqlens_q[s + 1] - begin;
     const int tiles = (len + kRows - 1) / kRows;
     if (bx < tiles) {
+      // NOTE: a sequence's last (most expensive, causal) tiles get the lowest block ids, so
+      // they are scheduled first and the cheap ones fill the tail.
+      const int tile = tiles - 1 - bx;
       const int cached = p.num_cached_tokens ? p.num_cached_tokens[s] : 0;
-      return {s, begin + bx * kRows, min(kRows, len - bx * kRows), cached};
+      return {s, begin + tile * kRows, min(kRows, len - tile * kRows), cached};
     }
     bx -= tiles;
   }
