@@ -9,7 +9,12 @@ namespace distllm::cuda {
 constexpr int kMaxHeadsPerBlock = 8;   // query heads of one KV head served by one block
 constexpr int kMinSplitTokens = 256;   // a split reads at least this many tokens
 constexpr int kMaxSplits = 256;        // merge kernel's shared weight array
-constexpr int kBlocksPerSm = 2;        // target resident decode blocks per SM
+
+// Resident decode blocks per SM by query-head tile (64K registers / (128 threads x the kernel's
+// registers: about 64, 96, 128 and 213 for tiles 1, 2, 4 and 8, ptxas for sm_80/sm_90).
+inline int blocks_per_sm(int heads_per_block) {
+  return heads_per_block >= 8 ? 2 : heads_per_block >= 4 ? 4 : heads_per_block >= 2 ? 5 : 8;
+}
 
 struct DecodePlan {
   int heads_per_block;  // 1, 2, 4 or 8: the kernel's compile-time query-head tile
@@ -32,9 +37,10 @@ inline DecodePlan plan_decode(int num_seqs, int num_kv_heads, int group, int max
   max_context = std::max(max_context, 1);
   int splits = requested_splits;
   if (splits <= 0) {
+    // NOTE: at most one wave of resident blocks (floor), so no partial second wave idles SMs.
     const int base_blocks = std::max(num_seqs * num_kv_heads * plan.head_chunks, 1);
-    const int wanted = ceil_div(kBlocksPerSm * std::max(num_sms, 1), base_blocks);
-    splits = std::min(wanted, ceil_div(max_context, kMinSplitTokens));
+    const int wave = blocks_per_sm(plan.heads_per_block) * std::max(num_sms, 1);
+    splits = std::min(wave / base_blocks, ceil_div(max_context, kMinSplitTokens));
   }
   splits = std::clamp(splits, 1, std::min(kMaxSplits, ceil_div(max_context, block_size)));
   plan.split_tokens = ceil_div(ceil_div(max_context, splits), block_size) * block_size;

@@ -169,6 +169,9 @@ int main() {
             assert(p.num_splits * p.split_tokens >= ctx);           // covers the context
             assert((p.num_splits - 1) * p.split_tokens < ctx);      // no empty trailing split
             if (req == 1) assert(p.num_splits == 1);
+            if (req == 0 && p.num_splits > 1)  // one wave of resident blocks at most
+              assert(p.num_splits * seqs * 8 * p.head_chunks <=
+                     blocks_per_sm(p.heads_per_block) * 132);
           }
         }
       }
