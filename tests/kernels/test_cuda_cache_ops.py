@@ -144,3 +144,33 @@ def test_migrate_blocks_slab_convention_on_cpu() -> None:
         for pa, pb in zip(dst_a, dst_b, strict=True)
         for a, b in zip(pa, pb, strict=True)
     )
+
+
+def _ipc_producer(queue, done) -> None:  # runs in a spawned process
+    caches = _caches(4, SHAPE, torch.bfloat16, "cuda", 20)
+    queue.put(([c.cpu() for c in caches], caches))  # CUDA tensors travel as IPC handles
+    done.wait(timeout=120)
+
+
+@pytest.mark.gpu
+def test_migrate_blocks_pulls_from_ipc_opened_caches() -> None:
+    """The decode side pulls blocks from another process's caches opened through CUDA IPC."""
+    _assert_cuda_kernels()
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue, done = ctx.Queue(), ctx.Event()
+    proc = ctx.Process(target=_ipc_producer, args=(queue, done))
+    proc.start()
+    try:
+        host_copies, remote = queue.get(timeout=120)
+        local = _caches(4, (12, 2, 16, 64), torch.bfloat16, "cuda", 21)
+        expected = [c.cpu() for c in local]
+        src_blocks, dst_blocks = torch.tensor([7, 1, 19]), torch.tensor([0, 11, 5])
+        ops.migrate_blocks(remote, local, src_blocks.cuda(), dst_blocks.cuda(), (1, 3), 0)
+        reference.migrate_blocks(host_copies, expected, src_blocks, dst_blocks, (1, 3), 0)
+        torch.cuda.synchronize()
+        assert all(torch.equal(a.cpu(), b) for a, b in zip(local, expected, strict=True))
+    finally:
+        done.set()
+        proc.join(timeout=60)
