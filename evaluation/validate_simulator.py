@@ -35,6 +35,7 @@ MODES = {"disaggregated": (["--mode", "disaggregated"], ("prefill", "decode")),
 SERVE_FLAGS = ["--num-kv-blocks", "2048", "--max-num-seqs", "64",
                "--max-num-batched-tokens", "4096"]
 TERMS = ("queueing", "prefill", "transfer", "decode")
+SCHED_LIMITS = dict(max_prefill_tokens=4096, max_batch_size=64)  # as SERVE_FLAGS
 
 
 def make_trace(rows: list[dict], n: int, rate: float, seed: int, arrival: str,
@@ -45,20 +46,6 @@ def make_trace(rows: list[dict], n: int, rate: float, seed: int, arrival: str,
     idx = np.random.default_rng(seed).choice(len(rows), n, replace=len(rows) < n)
     times = arrival_schedule(ArrivalConfig(arrival, rate, cv, seed), n)
     return [{**rows[int(i)], "arrival_s": float(t)} for i, t in zip(idx, times, strict=True)]
-
-
-def simulate_trace(trace: list[dict], mode: str, profile: object, model_name: str) -> dict:
-    """simdist's `.exp` dict of the trace replayed on the mode's instances."""
-    from simdist.cluster import ClusterSpec, InstanceSpec, SchedulerSpec, simulate
-    from simdist.workload import Workload
-
-    roles = MODES[mode][1]
-    spec = ClusterSpec(model_name, tuple(InstanceSpec(r, node=0, gpus=(i,))
-                                         for i, r in enumerate(roles)),
-                       SchedulerSpec(max_prefill_tokens=4096, max_batch_size=64))
-    wl = Workload(tuple(r["prompt_len"] for r in trace), tuple(r["output_len"] for r in trace),
-                  (1.0,) * len(trace), tuple(r["arrival_s"] for r in trace), arrival="trace")
-    return simulate(spec, profile, wl, None).to_exp({"backend": "simdist", "mode": mode})
 
 
 def run_real(trace_path: Path, n: int, port: int, slo: tuple[float, float], out: Path,
@@ -78,29 +65,23 @@ def run_real(trace_path: Path, n: int, port: int, slo: tuple[float, float], out:
     return exps[-1]
 
 
-def lifecycle_terms(records: list, lifetimes: list) -> dict[str, float]:
-    """Mean ms per request of each term: queueing (arrival -> prefill begin, plus waiting for a
-    decode slot), prefill, transfer (migration), decode (per output token)."""
-    sums = dict.fromkeys(TERMS, 0.0)
-    count = 0
-    for rec, life in zip(records, lifetimes, strict=True):
-        ev = {e.value: t for e, t in life.events}
-        if not rec.ok or not {"arrival", "prefill_begin", "prefill_end"} <= ev.keys():
-            continue
-        count += 1
-        sums["queueing"] += ev["prefill_begin"] - ev["arrival"]
-        sums["prefill"] += ev["prefill_end"] - ev["prefill_begin"]
-        if "migration_end" in ev and "migration_begin" in ev:
-            sums["transfer"] += ev["migration_end"] - ev["migration_begin"]
-            sums["queueing"] += max(0.0, ev["migration_begin"] - ev["prefill_end"])
-        if "decode_end" in ev and "decode_begin" in ev and rec.output_len > 1:
-            sums["decode"] += (ev["decode_end"] - ev["decode_begin"]) / (rec.output_len - 1)
-    return {k: 1e3 * v / max(count, 1) for k, v in sums.items()}
+def simulate_trace(trace: list[dict], mode: str, profile: object, model_name: str) -> dict:
+    """simdist's `.exp` dict of the trace on the mode's instances, scheduler as served."""
+    from simdist.calibrate import simulate_trace as simulate_roles
+
+    return simulate_roles(trace, MODES[mode][1], profile, model_name, sched_spec())
+
+
+def sched_spec():  # noqa: ANN201 - simdist.cluster.SchedulerSpec, imported lazily
+    from simdist.cluster import SchedulerSpec
+
+    return SchedulerSpec(**SCHED_LIMITS)
 
 
 def metrics_of(exp_path: Path, slo: tuple[float, float]) -> dict:
     from distllm.metrics import percentile, slo_attainment
     from evaluation.exp_format import load_exp
+    from simdist.calibrate import lifecycle_terms
 
     run = load_exp(exp_path)
     ok = [r for r in run.records if r.ok]
@@ -133,14 +114,14 @@ def passes(err: dict, pp: float = 5.0, rel: float = 0.10) -> bool:
 class Server:
     """`distllm serve` in a subprocess for one mode; always stopped on exit."""
 
-    def __init__(self, model: Path, mode: str, startup_timeout_s: float = 300.0) -> None:
+    def __init__(self, model: Path, flags: list[str], startup_timeout_s: float = 300.0) -> None:
         import socket
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
         self.cmd = [sys.executable, "-m", "distllm", "serve", "--model", str(model), "--port",
-                    str(self.port), "--log-level", "warning", *MODES[mode][0], *SERVE_FLAGS]
+                    str(self.port), "--log-level", "warning", *flags, *SERVE_FLAGS]
         self.ns = argparse.Namespace(backend="distllm", host="127.0.0.1", port=self.port,
                                      startup_timeout_s=startup_timeout_s)
         self.proc = None
@@ -176,26 +157,46 @@ def default_slo(profile: object, model_name: str, rows: list[dict]) -> tuple[flo
 
 
 def run_mode(cfg: argparse.Namespace, mode: str, traces: dict, profile: object,
-             slo: tuple[float, float]) -> list[dict]:
+             slo: tuple[float, float]) -> dict:
+    """Warm up, calibrate (optional, on its own trace), then every rate: real vs simulated."""
+    from simdist.calibrate import calibrate
+    from simdist.profile import LatencyProfile
     from simdist.results import write_exp
 
-    out, rows = Path(cfg.output_dir) / mode, []
-    with Server(cfg.model, mode) as server:
-        warm = traces["warmup"]
-        run_real(warm, cfg.warmup_requests, server.port, slo, out / "warmup", f"{mode}-warmup")
+    out, rows, calib = Path(cfg.output_dir) / mode, [], None
+    with Server(cfg.model, MODES[mode][0]) as server:
+        run_real(traces["warmup"], cfg.warmup_requests, server.port, slo, out / "warmup",
+                 f"{mode}-warmup")
+        if cfg.calibrate:
+            path = run_real(traces["calibrate"], cfg.num_requests, server.port, slo,
+                            out / "calibrate", f"{mode}-calibrate")
+            trace = _read_trace(traces["calibrate"])
+            calib = calibrate(profile, cfg.profile_model, trace, MODES[mode][1],
+                              metrics_of(path, slo)["terms_ms"], sched_spec())
+            sim_profile = LatencyProfile.from_dict(calib)
+            logger.info("%s calibration factors: %s", mode, calib["calibration"]["factors"])
         for rate in cfg.rates:
             path = run_real(traces[rate], cfg.num_requests, server.port, slo,
                             out / f"rate-{rate:g}", f"{mode}-real")
-            trace = [json.loads(x) for x in traces[rate].read_text().splitlines()]
-            sim_path = out / f"rate-{rate:g}" / "simdist.exp"
-            write_exp(simulate_trace(trace, mode, profile, cfg.profile_model), sim_path)
-            real, sim = metrics_of(path, slo), metrics_of(sim_path, slo)
-            err = compare(real, sim)
-            rows.append({"rate": rate, "real": real, "sim": sim, "error": err,
-                         "pass": passes(err)})
+            trace = _read_trace(traces[rate])
+            real, row = metrics_of(path, slo), {"rate": rate}
+            for key, prof in (("sim_raw", profile), ("sim", sim_profile if calib else None)):
+                if prof is None:
+                    continue
+                sim_path = out / f"rate-{rate:g}" / f"{key}.exp"
+                write_exp(simulate_trace(trace, mode, prof, cfg.profile_model), sim_path)
+                row[key] = metrics_of(sim_path, slo)
+            row.setdefault("sim", row["sim_raw"])
+            err = compare(real, row["sim"])
+            rows.append({**row, "real": real, "error": err, "pass": passes(err),
+                         "error_raw": compare(real, row["sim_raw"])})
             logger.info("%s rate %g: attainment real %.2f sim %.2f", mode, rate,
-                        real["attainment"], sim["attainment"])
-    return rows
+                        real["attainment"], row["sim"]["attainment"])
+    return {"rows": rows, "calibrated_profile": calib}
+
+
+def _read_trace(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 def write_traces(cfg: argparse.Namespace, rows: list[dict]) -> dict:
@@ -204,10 +205,12 @@ def write_traces(cfg: argparse.Namespace, rows: list[dict]) -> dict:
     d.mkdir(parents=True, exist_ok=True)
     specs = {rate: (cfg.num_requests, rate, cfg.seed) for rate in cfg.rates}
     specs["warmup"] = (cfg.warmup_requests, min(cfg.rates), cfg.seed + 1)
+    specs["calibrate"] = (cfg.num_requests, cfg.calibrate_rate or float(np.median(cfg.rates)),
+                          cfg.seed + 2)
     paths = {}
     for key, (n, rate, seed) in specs.items():
         trace = make_trace(rows, n, rate, seed, cfg.arrival, cfg.cv)
-        paths[key] = d / f"trace-{key if key == 'warmup' else f'{rate:g}'}.jsonl"
+        paths[key] = d / f"trace-{key if isinstance(key, str) else f'{rate:g}'}.jsonl"
         paths[key].write_text("".join(json.dumps(r) + "\n" for r in trace))
     return paths
 
@@ -226,10 +229,16 @@ def validate(cfg: argparse.Namespace) -> dict:
     traces = write_traces(cfg, rows)
     report = {"meta": {k: str(v) if isinstance(v, Path) else v for k, v in vars(cfg).items()},
               "slo_ms": {"ttft": slo[0], "tpot": slo[1]}, "modes": {}}
-    for mode in cfg.modes:
-        report["modes"][mode] = run_mode(cfg, mode, traces, profile, slo)
-    report["all_pass"] = all(r["pass"] for rows_ in report["modes"].values() for r in rows_)
     out = Path(cfg.output_dir)
+    for mode in cfg.modes:
+        result = run_mode(cfg, mode, traces, profile, slo)
+        report["modes"][mode] = result["rows"]
+        if result["calibrated_profile"] is not None:
+            report.setdefault("calibration", {})[mode] = result["calibrated_profile"][
+                "calibration"]
+            path = out / f"profile-calibrated-{mode}.json"
+            path.write_text(json.dumps(result["calibrated_profile"], indent=1) + "\n")
+    report["all_pass"] = all(r["pass"] for rows_ in report["modes"].values() for r in rows_)
     (out / "validate_simulator.json").write_text(json.dumps(report, indent=1) + "\n")
     plot(report, out / "validate_simulator.png")
     return report
@@ -260,7 +269,7 @@ def plot(report: dict, path: Path) -> None:
 def format_report(report: dict) -> str:
     slo = report["slo_ms"]
     lines = [f"SLO: TTFT <= {slo['ttft']} ms, TPOT <= {slo['tpot']} ms",
-             f"{'mode':>13} {'rate':>5} | {'attain real/sim':>15} {'err pp':>6} | "
+             f"{'mode':>13} {'rate':>5} | {'attain real/sim':>15} {'err pp':>6} {'raw':>6} | "
              f"{'p50/p90 TTFT err':>16} | {'p50/p90 TPOT err':>16} | most-off term"]
     for mode, rows in report["modes"].items():
         for r in rows:
@@ -268,11 +277,13 @@ def format_report(report: dict) -> str:
             term = e["most_off_term"]
             lines.append(
                 f"{mode:>13} {r['rate']:5g} | {r['real']['attainment']:7.2f}/"
-                f"{r['sim']['attainment']:<7.2f} {e['attainment_pp']:+6.1f} | "
+                f"{r['sim']['attainment']:<7.2f} {e['attainment_pp']:+6.1f} "
+                f"{r['error_raw']['attainment_pp']:+6.1f} | "
                 f"{100 * e['p50_ttft_rel']:+6.1f}/{100 * e['p90_ttft_rel']:+6.1f} % | "
                 f"{100 * e['p50_tpot_rel']:+6.1f}/{100 * e['p90_tpot_rel']:+6.1f} % | "
                 f"{term} {e['term_diff_ms'][term]:+.1f} ms{'' if r['pass'] else '  MISS'}")
-    lines.append(f"all within target (5 pp, 10 %): {report['all_pass']}")
+    lines.append("err: calibrated profile (raw: as profiled); TTFT/TPOT errors (sim - real) / "
+                 f"real; all within target (5 pp, 10 %): {report['all_pass']}")
     return "\n".join(lines)
 
 
@@ -290,6 +301,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--arrival", default="poisson", choices=("poisson", "gamma", "uniform"))
     p.add_argument("--cv", type=float, default=1.0)
     p.add_argument("--modes", default="disaggregated,colocated")
+    p.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True,
+                   help="scale the profile's terms to a calibration round (its own trace) "
+                        "before simulating; the raw profile's errors are reported too")
+    p.add_argument("--calibrate-rate", type=float, default=None, help="default: median rate")
     p.add_argument("--ttft-slo-ms", type=float, default=None)
     p.add_argument("--tpot-slo-ms", type=float, default=None)
     p.add_argument("-o", "--output-dir", default="evaluation/results/validate_simulator")

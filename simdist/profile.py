@@ -99,12 +99,17 @@ class LatencyProfile:
         return int(self.model(name)["kv_bytes_per_token"])
 
     def kv_capacity(self, name: str, tp: int, pp: int = 1) -> int:
-        """KV-cache capacity in tokens of one (tp, pp) instance: the table when present, else
-        estimated from GPU memory minus weights (90 % usable)."""
+        """KV-cache capacity in tokens of one (tp, pp) instance: the table when present (a
+        measured tp x 1 entry scales with pp), else estimated from GPU memory minus weights
+        (90 % usable)."""
         table = self.model(name).get("kv_capacity_tokens", {})
         if f"{tp}x{pp}" in table:
             return int(table[f"{tp}x{pp}"])
         full = resolve_model_name(name)
+        if f"{tp}x1" in table and (full not in MODELS or self.hardware not in HARDWARE):
+            # NOTE: a measured profile (e.g. CPU) lists pp = 1; every pipeline stage holds
+            # 1/pp of the layers in the same per-worker cache, so capacity grows with pp.
+            return int(table[f"{tp}x1"]) * pp
         if full not in MODELS or self.hardware not in HARDWARE:
             raise KeyError(f"no KV capacity for {name} tp={tp} pp={pp} and no specs to estimate")
         spec, hw = MODELS[full], HARDWARE[self.hardware]

@@ -1,9 +1,14 @@
 """`distllm demo` (what `make demo` runs): the main job end to end on a built-in tiny model.
 
-Stages, each printed as it runs:
-  1. model     a seeded random Llama-3-style model in HF format (built once, cached under --workdir)
+Stages, each printed as it runs (`make demo`, ~2-3 minutes on 2 cores):
+  1. model     a seeded random Llama-3-style model in HF format (cached under --workdir)
   2. workload  ShareGPT-shaped synthetic requests, lengths counted by the model's tokenizer
-  3. generate  offline continuous-batching generation through the `LLM` API -> throughput line
+  3. plan      `distllm plan` with the shipped CPU profile of this model (simdist/profiles/
+               cpu-demo.json, made by `distllm profile`): placement + predicted goodput
+  4. serve     `distllm serve --placement` (1 prefill + 1 decode instance on Ray, a core each),
+               the load generator at the predicted goodput, the same trace through simdist
+  5. report    predicted vs measured (attainment, p50/p90 TTFT and TPOT, lifecycle terms)
+The server is always stopped; a failing stage ends the demo with its error (exit 1).
 """
 
 from __future__ import annotations
@@ -27,13 +32,18 @@ DEMO_MODEL = dict(
 )
 # ShareGPT-shaped lengths, scaled to the tiny model (prompt mean 755 -> 190, output 200 -> 50).
 WORKLOAD = dict(prompt=("lognormal", 190, 160), output=("lognormal", 50, 50), max_context=768)
+PROFILE_MODEL = "distllm-demo"  # the model's name in the shipped profile
+TERMS = ("queueing", "prefill", "transfer", "decode")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="distllm demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default="out/demo", help="model, dataset and results go here")
-    p.add_argument("--num-requests", type=int, default=64)
+    p.add_argument("--num-requests", type=int, default=80, help="benchmarked requests")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", default="cpu-demo", help="latency profile for the planner")
+    p.add_argument("--ttft-slo-ms", type=float, default=None, help="default: from the profile")
+    p.add_argument("--tpot-slo-ms", type=float, default=None, help="default: from the profile")
     return p
 
 
@@ -94,22 +104,78 @@ def make_workload(model_dir: Path, workdir: Path, n: int, seed: int) -> Path:
     return path
 
 
-def run_generate(model_dir: Path, dataset: Path) -> dict:
-    from distllm.entrypoints import generate
+def default_slo(profile_name: str, workload: Path) -> tuple[float, float]:
+    from evaluation.validate_simulator import default_slo as slo_from_profile
+    from simdist.profile import load_profile
+    from simdist.workload import read_jsonl
 
-    parser = generate.build_parser()
-    args = parser.parse_args(
-        [
-            "--model",
-            str(model_dir),
-            "--dataset",
-            str(dataset),
-            "--ignore-eos",
-            "--num-kv-blocks",
-            "2048",
-        ]
-    )
-    return generate.run(args, parser)
+    return slo_from_profile(load_profile(profile_name), PROFILE_MODEL, read_jsonl(workload))
+
+
+def plan(workload: Path, workdir: Path, args: argparse.Namespace,
+         slo: tuple[float, float]) -> dict:
+    """`distllm plan` (disaggregated) on a 2-core "node"; returns the placement dict."""
+    from simdist.cli import plan_main
+
+    out = workdir / "placement.json"
+    code = plan_main([
+        "--profile", args.profile, "--model", PROFILE_MODEL, "--workload", str(workload),
+        "--num-nodes", "1", "--gpus-per-node", "2", "--mode", "disaggregated",
+        "--ttft-slo-ms", str(slo[0]), "--tpot-slo-ms", str(slo[1]), "--attainment", "90",
+        "--max-prefill-tokens", "4096", "--max-batch-size", "64", "--num-requests", "200",
+        "--max-requests", "800", "--seed", str(args.seed), "--no-progress", "-o", str(out)])
+    if code != 0:
+        raise RuntimeError("the planner found no placement meeting the SLOs")
+    return json.loads(out.read_text())
+
+
+def _write_trace(path: Path, rows: list[dict], n: int, rate: float, seed: int) -> list[dict]:
+    from evaluation.validate_simulator import make_trace
+
+    trace = make_trace(rows, n, rate, seed, "poisson", 1.0)
+    path.write_text("".join(json.dumps(r) + "\n" for r in trace))
+    return trace
+
+
+def serve_and_bench(model_dir: Path, workdir: Path, rate: float, args: argparse.Namespace,
+                    slo: tuple[float, float]) -> tuple[dict, dict]:
+    """Serve the placement, replay a seeded Poisson trace at `rate` through the load generator
+    and through simdist; returns (measured, predicted) metrics of that trace."""
+    from evaluation.validate_simulator import Server, metrics_of, run_real, simulate_trace
+    from simdist.profile import load_profile
+    from simdist.results import write_exp
+    from simdist.workload import read_jsonl
+
+    rows = read_jsonl(workdir / "workload.jsonl")
+    bench = workdir / "bench"
+    bench.mkdir(parents=True, exist_ok=True)
+    trace = _write_trace(bench / "trace.jsonl", rows, args.num_requests, rate, args.seed)
+    _write_trace(bench / "warmup.jsonl", rows, 4, 2.0, args.seed + 1)
+    with Server(model_dir, ["--placement", str(workdir / "placement.json")]) as server:
+        print(f"server up on port {server.port}; warm-up, then {args.num_requests} requests at "
+              f"{rate:.2f} req/s", flush=True)
+        run_real(bench / "warmup.jsonl", 4, server.port, slo, bench / "warmup", "demo-warmup")
+        exp = run_real(bench / "trace.jsonl", args.num_requests, server.port, slo,
+                       bench / "real", "demo")
+    sim_path = bench / "simdist.exp"
+    write_exp(simulate_trace(trace, "disaggregated", load_profile(args.profile), PROFILE_MODEL),
+              sim_path)
+    return metrics_of(exp, slo), metrics_of(sim_path, slo)
+
+
+def format_comparison(measured: dict, predicted: dict) -> str:
+    rows = [("SLO attainment (%)", "attainment", 100.0)]
+    rows += [(f"{k.replace('_ms', '')} (ms)", k, 1.0)
+             for k in ("p50_ttft_ms", "p90_ttft_ms", "p50_tpot_ms", "p90_tpot_ms")]
+    lines = [f"{'':<22}{'predicted':>12}{'measured':>12}{'error':>12}"]
+    for label, key, scale in rows:
+        p, m = predicted[key] * scale, measured[key] * scale
+        err = f"{p - m:+.1f} pp" if key == "attainment" else f"{100 * (p - m) / m:+.1f} %"
+        lines.append(f"{label:<22}{p:>12.1f}{m:>12.1f}{err:>12}")
+    for term in TERMS:
+        p, m = predicted["terms_ms"][term], measured["terms_ms"][term]
+        lines.append(f"{'mean ' + term + ' (ms)':<22}{p:>12.2f}{m:>12.2f}{p - m:>+10.2f}ms")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,13 +184,28 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    _stage("1/3 model")
-    model_dir = ensure_model(workdir)
-    _stage("2/3 workload")
-    dataset = make_workload(model_dir, workdir, args.num_requests, args.seed)
-    _stage("3/3 generate (colocated engine, continuous batching)")
-    stats = run_generate(model_dir, dataset)
-    (workdir / "report.json").write_text(json.dumps({"generate": stats}, indent=2) + "\n")
+    try:
+        _stage("1/5 model")
+        model_dir = ensure_model(workdir)
+        _stage("2/5 workload")
+        dataset = make_workload(model_dir, workdir, 200, args.seed)
+        _stage(f"3/5 plan (profile {args.profile})")
+        auto = default_slo(args.profile, dataset)
+        slo = (args.ttft_slo_ms or auto[0], args.tpot_slo_ms or auto[1])
+        placement = plan(dataset, workdir, args, slo)
+        rate = placement["predicted"]["cluster_goodput_rps"]
+        _stage("4/5 serve the placement (disaggregated) and benchmark at the predicted goodput")
+        measured, predicted = serve_and_bench(model_dir, workdir, rate, args, slo)
+    except (RuntimeError, ValueError, OSError) as e:
+        print(f"demo failed: {e}", file=sys.stderr)
+        return 1
+    _stage("5/5 predicted vs measured")
+    print(f"SLO TTFT <= {slo[0]} ms, TPOT <= {slo[1]} ms; rate {rate:.2f} req/s "
+          f"(predicted goodput, {placement['predicted']['per_gpu_goodput_rps']:.2f} per core)")
+    print(format_comparison(measured, predicted))
+    report = {"slo_ms": slo, "rate": rate, "placement": placement, "measured": measured,
+              "predicted": predicted}
+    (workdir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\ndemo done in {time.perf_counter() - t0:.1f} s; report in {workdir / 'report.json'}")
     return 0
 
