@@ -1,0 +1,88 @@
+"""validate_simulator: traces (same requests at every rate), calibration recovers known scale
+factors, error/pass rules, and the whole script end to end against real servers (both modes)
+on a short workload."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evaluation import validate_simulator as vs
+from simdist.calibrate import calibrate, exp_terms, simulate_trace
+from simdist.profile import load_profile
+
+ROWS = [{"prompt": f"p{i}", "prompt_len": 20 + 7 * i, "output_len": 5 + i % 9}
+        for i in range(30)]
+
+
+def test_trace_draws_the_same_requests_at_every_rate() -> None:
+    slow = vs.make_trace(ROWS, 12, 1.0, seed=3, arrival="poisson", cv=1.0)
+    fast = vs.make_trace(ROWS, 12, 4.0, seed=3, arrival="poisson", cv=1.0)
+    assert [r["prompt_len"] for r in slow] == [r["prompt_len"] for r in fast]
+    assert slow[0]["arrival_s"] == 0.0
+    assert [r["arrival_s"] for r in fast] == pytest.approx([r["arrival_s"] / 4 for r in slow])
+    assert vs.make_trace(ROWS, 12, 1.0, seed=4, arrival="poisson", cv=1.0) != slow
+
+
+def test_calibration_recovers_known_scale_factors() -> None:
+    """'Real' = the simulation with a profile whose prefill is 1.5x and decode 1.2x slower and
+    transfers 2x slower; calibrating the original profile to it finds those factors."""
+    from simdist.calibrate import _scaled
+    from simdist.profile import LatencyProfile
+
+    prof = load_profile("cpu-demo")
+    truth = {"prefill": 1.5, "decode": 1.2, "transfer": 2.0}
+    slow = LatencyProfile.from_dict(_scaled(prof.to_dict(), "distllm-demo", truth))
+    trace = vs.make_trace(ROWS, 30, 2.0, seed=0, arrival="poisson", cv=1.0)
+    roles = ("prefill", "decode")
+    real = exp_terms(simulate_trace(trace, roles, slow, "distllm-demo"))
+    d = calibrate(prof, "distllm-demo", trace, roles, real, rounds=4)
+    assert d["calibration"]["factors"] == pytest.approx(truth, rel=0.02)
+    again = exp_terms(simulate_trace(trace, roles, LatencyProfile.from_dict(d), "distllm-demo"))
+    for term in ("prefill", "decode", "transfer"):
+        assert again[term] == pytest.approx(real[term], rel=0.02)
+
+
+def test_compare_names_the_most_off_term_and_passes_within_targets() -> None:
+    terms = {"queueing": 1.0, "prefill": 10.0, "transfer": 2.0, "decode": 3.0}
+    real = {"attainment": 0.9, "p50_ttft_ms": 50.0, "p90_ttft_ms": 100.0, "p50_tpot_ms": 5.0,
+            "p90_tpot_ms": 10.0, "terms_ms": terms}
+    sim = {**real, "attainment": 0.86, "p90_ttft_ms": 108.0,
+           "terms_ms": {**terms, "prefill": 14.0, "decode": 2.0}}
+    err = vs.compare(real, sim)
+    assert err["attainment_pp"] == pytest.approx(-4.0)
+    assert err["p90_ttft_rel"] == pytest.approx(0.08)
+    assert err["most_off_term"] == "prefill" and err["term_diff_ms"]["decode"] == -1.0
+    assert vs.passes(err)
+    assert not vs.passes({**err, "p90_tpot_rel": -0.11})
+    assert not vs.passes({**err, "attainment_pp": 5.5})
+
+
+@pytest.mark.slow
+def test_validate_end_to_end_on_a_short_workload(tmp_path: Path) -> None:
+    from distllm.testing import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "m", arch="llama3", seed=0, hidden_size=64,
+                            intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, max_position_embeddings=1024)
+    out = tmp_path / "val"
+    code = vs.main(["--model", str(model), "--workdir", str(tmp_path / "wd"), "--rates", "4",
+                    "--num-requests", "6", "--warmup-requests", "2", "-o", str(out),
+                    "--ttft-slo-ms", "500", "--tpot-slo-ms", "100"])
+    assert code == 0
+    report = json.loads((out / "validate_simulator.json").read_text())
+    assert set(report["modes"]) == {"disaggregated", "colocated"}
+    for rows in report["modes"].values():
+        (row,) = rows
+        assert row["rate"] == 4.0 and row["real"]["completed"] == 6
+        assert row["sim"]["completed"] == 6 and row["sim_raw"]["completed"] == 6
+        assert set(row["error"]) >= {"attainment_pp", "p90_ttft_rel", "p90_tpot_rel",
+                                     "most_off_term"}
+        assert row["real"]["terms_ms"]["prefill"] > 0 and row["real"]["terms_ms"]["decode"] > 0
+    real = report["modes"]["disaggregated"][0]["real"]["terms_ms"]
+    assert real["transfer"] > 0  # migrations happened and were timed
+    assert report["modes"]["colocated"][0]["real"]["terms_ms"]["transfer"] == 0
+    assert set(report["calibration"]) == {"disaggregated", "colocated"}
+    assert (out / "validate_simulator.png").stat().st_size > 0
+    assert (out / "profile-calibrated-disaggregated.json").is_file()
