@@ -1,0 +1,50 @@
+"""DisaggConfig: validation, CLI flags, placement JSON, and the instances it asks for."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from distllm.config import DisaggConfig, EngineConfig
+from distllm.engine.disagg_controller import instance_specs
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    DisaggConfig.add_cli_args(parser)
+    parser.add_argument("--placement", default=None)  # declared by `distllm serve`
+    return parser.parse_args(argv)
+
+
+def test_validation() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        DisaggConfig(mode="both")
+    with pytest.raises(ValueError, match="prefill_tp"):
+        DisaggConfig(prefill_tp=0)
+    with pytest.raises(ValueError, match="decode_pull_threshold"):
+        DisaggConfig(decode_pull_threshold=0.0)
+
+
+def test_flags_and_placement(tmp_path: Path, tiny_gqa: Path) -> None:
+    assert DisaggConfig.from_cli_args(_parse([])) is None  # in-process engine
+    d = DisaggConfig.from_cli_args(_parse(["--mode", "disaggregated", "--prefill-tp", "2",
+                                           "--num-decode-instances", "3"]))
+    assert (d.prefill_tp, d.decode_tp, d.num_decode_instances) == (2, 1, 3)
+    placement = {"model": "m", "mode": "disaggregated", "affinity": "high",
+                 "prefill": {"tp": 1, "pp": 2, "instances": 2},
+                 "decode": {"tp": 2, "pp": 1, "instances": 1}}
+    path = tmp_path / "placement.json"
+    path.write_text(json.dumps(placement))
+    d = DisaggConfig.from_cli_args(_parse(["--placement", str(path), "--prefill-tp", "4"]))
+    assert (d.prefill_tp, d.prefill_pp, d.num_prefill_instances) == (1, 2, 2)
+    assert (d.decode_tp, d.affinity) == (2, "high")
+    config = EngineConfig.from_kwargs(str(tiny_gqa), num_kv_blocks=32, max_model_len=256,
+                                      max_num_batched_tokens=256)
+    specs = instance_specs(config, DisaggConfig(**{**vars(d), "decode_num_kv_blocks": 8}))
+    assert [(k, n, c.parallel.tp, c.parallel.pp, c.cache.num_kv_blocks) for k, n, c in specs] == [
+        ("prefill", "prefill-0", 1, 2, 32), ("prefill", "prefill-1", 1, 2, 32),
+        ("decode", "decode-0", 2, 1, 8)]
+    colocated = instance_specs(config, DisaggConfig(mode="colocated", num_decode_instances=2))
+    assert [k for k, _, _ in colocated] == ["colocated", "colocated"]
