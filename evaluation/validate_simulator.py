@@ -159,7 +159,7 @@ def default_slo(profile: object, model_name: str, rows: list[dict]) -> tuple[flo
 def run_mode(cfg: argparse.Namespace, mode: str, traces: dict, profile: object,
              slo: tuple[float, float]) -> dict:
     """Warm up, calibrate (optional, on its own trace), then every rate: real vs simulated."""
-    from simdist.calibrate import calibrate
+    from simdist.calibrate import calibrate, exp_request_terms
     from simdist.profile import LatencyProfile
     from simdist.results import write_exp
 
@@ -171,8 +171,9 @@ def run_mode(cfg: argparse.Namespace, mode: str, traces: dict, profile: object,
             path = run_real(traces["calibrate"], cfg.num_requests, server.port, slo,
                             out / "calibrate", f"{mode}-calibrate")
             trace = _read_trace(traces["calibrate"])
-            calib = calibrate(profile, cfg.profile_model, trace, MODES[mode][1],
-                              metrics_of(path, slo)["terms_ms"], sched_spec())
+            real = exp_request_terms(json.loads(path.read_text()))
+            calib = calibrate(profile, cfg.profile_model, trace, MODES[mode][1], real,
+                              sched_spec())
             sim_profile = LatencyProfile.from_dict(calib)
             logger.info("%s calibration factors: %s", mode, calib["calibration"]["factors"])
         for rate in cfg.rates:

@@ -17,25 +17,28 @@ from simdist.workload import Workload
 TERMS = ("queueing", "prefill", "transfer", "decode")
 
 
+def request_terms(rec: RequestRecord, life: Lifetime) -> dict[str, float] | None:
+    """Seconds one finished request spent in each term (None if it did not finish): queueing
+    (arrival -> prefill begin, plus the wait for a decode slot), prefill, transfer
+    (migration), decode (per output token)."""
+    ev = {e.value: t for e, t in life.events}
+    if not rec.ok or not {"arrival", "prefill_begin", "prefill_end"} <= ev.keys():
+        return None
+    out = {"queueing": ev["prefill_begin"] - ev["arrival"],
+           "prefill": ev["prefill_end"] - ev["prefill_begin"], "transfer": 0.0, "decode": 0.0}
+    if "migration_end" in ev and "migration_begin" in ev:
+        out["transfer"] = ev["migration_end"] - ev["migration_begin"]
+        out["queueing"] += max(0.0, ev["migration_begin"] - ev["prefill_end"])
+    if "decode_end" in ev and "decode_begin" in ev and rec.output_len > 1:
+        out["decode"] = (ev["decode_end"] - ev["decode_begin"]) / (rec.output_len - 1)
+    return out
+
+
 def lifecycle_terms(records: Sequence[RequestRecord],
                     lifetimes: Sequence[Lifetime]) -> dict[str, float]:
-    """Mean ms per finished request of each term: queueing (arrival -> prefill begin, plus the
-    wait for a decode slot), prefill, transfer (migration), decode (per output token)."""
-    sums = dict.fromkeys(TERMS, 0.0)
-    count = 0
-    for rec, life in zip(records, lifetimes, strict=True):
-        ev = {e.value: t for e, t in life.events}
-        if not rec.ok or not {"arrival", "prefill_begin", "prefill_end"} <= ev.keys():
-            continue
-        count += 1
-        sums["queueing"] += ev["prefill_begin"] - ev["arrival"]
-        sums["prefill"] += ev["prefill_end"] - ev["prefill_begin"]
-        if "migration_end" in ev and "migration_begin" in ev:
-            sums["transfer"] += ev["migration_end"] - ev["migration_begin"]
-            sums["queueing"] += max(0.0, ev["migration_begin"] - ev["prefill_end"])
-        if "decode_end" in ev and "decode_begin" in ev and rec.output_len > 1:
-            sums["decode"] += (ev["decode_end"] - ev["decode_begin"]) / (rec.output_len - 1)
-    return {k: 1e3 * v / max(count, 1) for k, v in sums.items()}
+    """Mean ms per finished request of each term (see `request_terms`)."""
+    per = [t for t in map(request_terms, records, lifetimes) if t is not None]
+    return {k: 1e3 * sum(t[k] for t in per) / max(len(per), 1) for k in TERMS}
 
 
 def simulate_trace(trace: Sequence[dict], roles: Sequence[str], profile: LatencyProfile,
@@ -51,18 +54,31 @@ def simulate_trace(trace: Sequence[dict], roles: Sequence[str], profile: Latency
                                                      "instances": list(roles)})
 
 
-def exp_terms(exp: dict) -> dict[str, float]:
-    """lifecycle_terms of a simulated `.exp` dict."""
-    recs, lives = [], []
+def exp_request_terms(exp: dict) -> list[dict[str, float] | None]:
+    """request_terms of every request of a `.exp` dict (ours or simdist's), in its order."""
+    out = []
     for q in exp["requests"]:
-        recs.append(RequestRecord(q["prompt_len"], q["output_len"], q["start_time"],
-                                  q["end_time"], q.get("token_timestamps") or [], q.get("error")))
-        lives.append(Lifetime.from_json(q["lifecycle_events"]))
-    return lifecycle_terms(recs, lives)
+        rec = RequestRecord(q["prompt_len"], q["output_len"], q["start_time"], q["end_time"],
+                            q.get("token_timestamps") or [], q.get("error"))
+        out.append(request_terms(rec, Lifetime.from_json(q.get("lifecycle_events") or [])))
+    return out
 
 
-def _ratio(real: float, sim: float) -> float:
-    return real / sim if real > 0 and sim > 0 else 1.0
+def exp_terms(exp: dict) -> dict[str, float]:
+    """Mean ms per finished request of each term of a `.exp` dict."""
+    per = [t for t in exp_request_terms(exp) if t is not None]
+    return {k: 1e3 * sum(t[k] for t in per) / max(len(per), 1) for k in TERMS}
+
+
+def median_ratios(real: Sequence[dict | None], sim: Sequence[dict | None]) -> dict[str, float]:
+    """Per term, the median over requests of real / simulated time (robust to the spikes a
+    shared host puts into a few requests); 1.0 where a term is absent."""
+    out = {}
+    for k in ("prefill", "decode", "transfer"):
+        ratios = sorted(r[k] / s[k] for r, s in zip(real, sim, strict=True)
+                        if r is not None and s is not None and r[k] > 0 and s[k] > 0)
+        out[k] = ratios[len(ratios) // 2] if ratios else 1.0
+    return out
 
 
 def _scaled(d: dict, model_name: str, step: dict[str, float]) -> dict:
@@ -77,20 +93,20 @@ def _scaled(d: dict, model_name: str, step: dict[str, float]) -> dict:
 
 
 def calibrate(profile: LatencyProfile, model_name: str, trace: Sequence[dict],
-              roles: Sequence[str], real_terms: dict[str, float],
+              roles: Sequence[str], real: Sequence[dict | None],
               sched: SchedulerSpec | None = None, rounds: int = 3) -> dict:
     """Profile dict whose prefill, decode and transfer terms are scaled until the simulated
-    trace spends what `real_terms` measured in each (fixed point: scaling changes batching).
-    The factors are recorded under "calibration"."""
+    trace spends per request (median ratio) what the real run did (`real`: request_terms of
+    the same trace, in order); fixed point, as scaling changes the batching. The factors are
+    recorded under "calibration"."""
     d = profile.to_dict()
     factors = {"prefill": 1.0, "decode": 1.0, "transfer": 1.0}
     for _ in range(rounds):
         prof = LatencyProfile.from_dict(d, source=profile.source)
-        sim = exp_terms(simulate_trace(trace, roles, prof, model_name, sched))
-        step = {k: _ratio(real_terms[k], sim[k]) for k in factors}
+        sim = exp_request_terms(simulate_trace(trace, roles, prof, model_name, sched))
+        step = median_ratios(real, sim)
         d = _scaled(d, model_name, step)
         factors = {k: factors[k] * step[k] for k in factors}
-    d["calibration"] = {"roles": list(roles), "factors": factors, "num_requests": len(trace),
-                        "real_terms_ms": real_terms}
+    d["calibration"] = {"roles": list(roles), "factors": factors, "num_requests": len(trace)}
     d["source"] = f"{profile.source} (calibrated)"
     return d

@@ -14,6 +14,7 @@ The server is always stopped; a failing stage ends the demo with its error (exit
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -153,10 +154,12 @@ def serve_and_bench(model_dir: Path, workdir: Path, rate: float, args: argparse.
     _write_trace(bench / "warmup.jsonl", rows, 4, 2.0, args.seed + 1)
     with Server(model_dir, ["--placement", str(workdir / "placement.json")]) as server:
         print(f"server up on port {server.port}; warm-up, then {args.num_requests} requests at "
-              f"{rate:.2f} req/s", flush=True)
-        run_real(bench / "warmup.jsonl", 4, server.port, slo, bench / "warmup", "demo-warmup")
-        exp = run_real(bench / "trace.jsonl", args.num_requests, server.port, slo,
-                       bench / "real", "demo")
+              f"{rate:.2f} req/s (load generator log: {bench / 'bench.log'})", flush=True)
+        with open(bench / "bench.log", "w") as log, contextlib.redirect_stdout(log):
+            run_real(bench / "warmup.jsonl", 4, server.port, slo, bench / "warmup",
+                     "demo-warmup")
+            exp = run_real(bench / "trace.jsonl", args.num_requests, server.port, slo,
+                           bench / "real", "demo")
     sim_path = bench / "simdist.exp"
     write_exp(simulate_trace(trace, "disaggregated", load_profile(args.profile), PROFILE_MODEL),
               sim_path)

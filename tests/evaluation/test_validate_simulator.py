@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from evaluation import validate_simulator as vs
-from simdist.calibrate import calibrate, exp_terms, simulate_trace
+from simdist.calibrate import calibrate, exp_request_terms, exp_terms, simulate_trace
 from simdist.profile import load_profile
 
 ROWS = [{"prompt": f"p{i}", "prompt_len": 20 + 7 * i, "output_len": 5 + i % 9}
@@ -36,8 +36,9 @@ def test_calibration_recovers_known_scale_factors() -> None:
     slow = LatencyProfile.from_dict(_scaled(prof.to_dict(), "distllm-demo", truth))
     trace = vs.make_trace(ROWS, 30, 2.0, seed=0, arrival="poisson", cv=1.0)
     roles = ("prefill", "decode")
-    real = exp_terms(simulate_trace(trace, roles, slow, "distllm-demo"))
-    d = calibrate(prof, "distllm-demo", trace, roles, real, rounds=4)
+    real_exp = simulate_trace(trace, roles, slow, "distllm-demo")
+    real = exp_terms(real_exp)
+    d = calibrate(prof, "distllm-demo", trace, roles, exp_request_terms(real_exp), rounds=4)
     assert d["calibration"]["factors"] == pytest.approx(truth, rel=0.02)
     again = exp_terms(simulate_trace(trace, roles, LatencyProfile.from_dict(d), "distllm-demo"))
     for term in ("prefill", "decode", "transfer"):
