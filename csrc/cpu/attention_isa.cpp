@@ -15,6 +15,9 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX512BF16__)
+#include <immintrin.h>  // NOTE: intrinsics are always-inline: nothing is emitted out of line
+#endif
 
 #include "cpu/attention_kernels.h"
 
@@ -46,6 +49,11 @@ struct Scratch {
   float* vbuf;    // [kTile, D], converted V rows
   const float* krow[kTile];  // row pointers of the current tile (into kbuf or the source)
   const float* vrow[kTile];
+  uint32_t* qt2;  // [D / 2, rpad], unscaled q as bf16 pairs (d = 2i low, 2i + 1 high)
+  const uint16_t* krow_raw[kTile];  // raw bf16 K rows of the tile (bf16 scores)
+  bool bf16_scores;    // task: scores of bf16 K tiles by bf16 dot products (exact products)
+  bool tile_raw_bf16;  // tile: krow_raw is set and K was not converted
+  float scale;
   int64_t R;      // rows of the current task
   int64_t rpad;   // R rounded up to rw (rows path)
   int rw;         // SIMD lanes over rows (rows path), 0 = dot path
@@ -54,14 +62,15 @@ struct Scratch {
 
 Scratch alloc_scratch(int64_t max_rows, int64_t D) {
   const int64_t rp = (max_rows + 15) / 16 * 16;
-  const int64_t floats = rp * (3 * D + kTile + 3) + 2 * kTile * D;
+  const int64_t floats = rp * (4 * D + kTile + 3) + 2 * kTile * D;
   const size_t bytes = ((floats * 4 + rp * 8) / 64 + 1) * 64;
   Scratch sc;
   float* p = static_cast<float*>(aligned_alloc(64, bytes));
   sc.base = p;
   sc.q = p;
   sc.qt = sc.q + rp * D;
-  sc.acc = sc.qt + rp * D;
+  sc.qt2 = reinterpret_cast<uint32_t*>(sc.qt + rp * D);
+  sc.acc = sc.qt + 2 * rp * D;
   sc.kbuf = sc.acc + rp * D;
   sc.vbuf = sc.kbuf + kTile * D;
   sc.s = sc.vbuf + kTile * D;
@@ -72,17 +81,38 @@ Scratch alloc_scratch(int64_t max_rows, int64_t D) {
   return sc;
 }
 
-// Starts a task over the R rows already written to sc.q / sc.lim: picks the path, pads, resets.
-void begin_rows(Scratch& sc, int64_t R, int64_t D) {
+#if defined(__AVX512BF16__)
+constexpr bool kHasBf16Dot = true;
+#else
+constexpr bool kHasBf16Dot = false;
+#endif
+
+// bf16 bits of x, which must be a bf16 value (exact: truncation).
+inline uint32_t bf16_bits(float x) { return float_to_bits(x) >> 16; }
+
+// Starts a task over the R rows whose unscaled q / lim are in sc.q / sc.lim: picks the path,
+// pads, prescales q, resets the softmax state. q_is_bf16: q holds exact bf16 values.
+void begin_rows(Scratch& sc, int64_t R, int64_t D, float scale, bool q_is_bf16) {
   sc.R = R;
+  sc.scale = scale;
   sc.rw = R >= 16 && kVec >= 16 ? 16 : (R >= 8 ? (kVec >= 8 ? 8 : 4) : 0);
   sc.rpad = sc.rw ? (R + sc.rw - 1) / sc.rw * sc.rw : R;
+  sc.bf16_scores = kHasBf16Dot && q_is_bf16 && sc.rw >= 8 && D % 2 == 0;
+  sc.tile_raw_bf16 = false;
   for (int64_t r = 0; r < sc.rpad; ++r) {
     sc.m[r] = kNegInf;
     sc.l[r] = 0.0f;
     sc.limf[r] = r < R ? static_cast<float>(sc.lim[r]) : -1.0f;
   }
   memset(sc.acc, 0, sizeof(float) * sc.rpad * D);
+  for (int64_t i = 0; sc.bf16_scores && i < D / 2; ++i) {
+    uint32_t* qt2 = sc.qt2 + i * sc.rpad;
+    for (int64_t r = 0; r < sc.rpad; ++r) {
+      const float* q = sc.q + r * D + 2 * i;
+      qt2[r] = r < R ? (bf16_bits(q[0]) | (bf16_bits(q[1]) << 16)) : 0u;
+    }
+  }
+  for (int64_t i = 0; i < R * D; ++i) sc.q[i] *= scale;
   if (!sc.rw) return;
   for (int64_t d = 0; d < D; ++d) {
     float* qt = sc.qt + d * sc.rpad;
@@ -91,69 +121,7 @@ void begin_rows(Scratch& sc, int64_t R, int64_t D) {
   }
 }
 
-// a[0, D) += sum_t p[t * ps] * v[t][0, D); for a known D the accumulator stays in registers.
-template <int kD>
-void pv_row(float* __restrict a, const float* __restrict p, int64_t ps,
-            const float* const* vrow, int n, int64_t d_rt) {
-  if constexpr (kD != 0) {
-    constexpr int kChunks = kD / kVec;
-    constexpr int kGroup = kChunks % 8 == 0 ? 8 : 4;
-    static_assert(kD % (4 * kVec) == 0, "head_dim must be a multiple of 4 vectors");
-    for (int c0 = 0; c0 < kChunks; c0 += kGroup) {
-      vfloat acc[kGroup];
-#pragma GCC unroll 8
-      for (int j = 0; j < kGroup; ++j) acc[j] = vload(a + (c0 + j) * kVec);
-      for (int t = 0; t < n; ++t) {
-        const float pt = p[t * ps];
-        const float* v = vrow[t] + c0 * kVec;
-#pragma GCC unroll 8
-        for (int j = 0; j < kGroup; ++j) acc[j] += pt * vload(v + j * kVec);
-      }
-#pragma GCC unroll 8
-      for (int j = 0; j < kGroup; ++j) vstore<kVec>(a + (c0 + j) * kVec, acc[j]);
-    }
-  } else {
-    for (int t = 0; t < n; ++t) {
-      const float pt = p[t * ps];
-      const float* __restrict v = vrow[t];
-#pragma omp simd
-      for (int64_t d = 0; d < d_rt; ++d) a[d] += pt * v[d];
-    }
-  }
-}
-
-// Two rows at once (AVX-512 only: 2 x 8 accumulators fit its 32 registers): each V load feeds
-// two FMAs. pa/pb: probabilities of rows a and b (stride ps).
-template <int kD>
-void pv_row2(float* __restrict a, float* __restrict b, const float* __restrict pa,
-             const float* __restrict pb, int64_t ps, const float* const* vrow, int n) {
-  constexpr int kChunks = kD / kVec;
-  constexpr int kGroup = kChunks % 8 == 0 ? 8 : 4;
-  for (int c0 = 0; c0 < kChunks; c0 += kGroup) {
-    vfloat acc_a[kGroup], acc_b[kGroup];
-#pragma GCC unroll 8
-    for (int j = 0; j < kGroup; ++j) {
-      acc_a[j] = vload(a + (c0 + j) * kVec);
-      acc_b[j] = vload(b + (c0 + j) * kVec);
-    }
-    for (int t = 0; t < n; ++t) {
-      const float wa = pa[t * ps], wb = pb[t * ps];
-      const float* v = vrow[t] + c0 * kVec;
-#pragma GCC unroll 8
-      for (int j = 0; j < kGroup; ++j) {
-        const vfloat vv = vload(v + j * kVec);
-        acc_a[j] += wa * vv;
-        acc_b[j] += wb * vv;
-      }
-    }
-#pragma GCC unroll 8
-    for (int j = 0; j < kGroup; ++j) {
-      vstore<kVec>(a + (c0 + j) * kVec, acc_a[j]);
-      vstore<kVec>(b + (c0 + j) * kVec, acc_b[j]);
-    }
-  }
-}
-
+#include "cpu/attention_tile_pv.inc"
 #include "cpu/attention_tile_dot.inc"
 #include "cpu/attention_tile_rows.inc"
 
@@ -184,6 +152,11 @@ struct Half16 {
   uint16_t x;
 };
 
+template <typename E>
+constexpr bool kIsBf16 = false;  // uint16_t elements are bf16 (fp16 uses Half16)
+template <>
+constexpr bool kIsBf16<uint16_t> = true;
+
 template <>
 inline void convert_row<Half16>(const Half16* src, float* dst, int64_t D) {
 #pragma omp simd
@@ -206,6 +179,7 @@ void load_paged_tile(Scratch& sc, const PagedKV& kv, const int32_t* table, int64
   const char* kc = static_cast<const char*>(kv.key_cache);
   const char* vc = static_cast<const char*>(kv.value_cache);
   const int64_t row_bytes = D * static_cast<int64_t>(sizeof(E));
+  sc.tile_raw_bf16 = kIsBf16<E> && sc.bf16_scores;
   for (int t = 0; t < n; ++t) {
     if (pf >= 0 && pf + t < end) {
       const int64_t off = paged_offset(kv, table, h, pf + t, row_bytes);
@@ -220,6 +194,10 @@ void load_paged_tile(Scratch& sc, const PagedKV& kv, const int32_t* table, int64
     if constexpr (sizeof(E) == 4) {
       sc.krow[t] = reinterpret_cast<const float*>(krow);
       sc.vrow[t] = reinterpret_cast<const float*>(vrow);
+    } else if (kIsBf16<E> && sc.bf16_scores) {
+      sc.krow_raw[t] = reinterpret_cast<const uint16_t*>(krow);  // scored as bf16
+      convert_row<E>(vrow, sc.vbuf + t * D, D);
+      sc.vrow[t] = sc.vbuf + t * D;
     } else {
       convert_row<E>(krow, sc.kbuf + t * D, D);
       convert_row<E>(vrow, sc.vbuf + t * D, D);

@@ -1,9 +1,10 @@
 // Torch-free interface of the CPU attention kernels (attention_isa.cpp is compiled once per ISA
-// level: base, avx2, avx512; cpu_attention.cpp picks one at runtime).
+// level: base, avx2, avx512, avx512bf16; cpu_attention.cpp picks one at runtime).
 //
-// Files: attention_isa.cpp (scratch, K/V tile loading + prefetch, P.V), attention_simd.inc
-// (vector types, exp, horizontal sums), attention_tile_rows.inc / attention_tile_dot.inc (the two
-// score + online-softmax paths), attention_tasks.inc (OpenMP task grids, split merge).
+// Files: attention_isa.cpp (scratch, K/V tile loading + prefetch), attention_simd.inc (vector
+// types, exp, horizontal sums), attention_tile_rows.inc / attention_tile_dot.inc (the two score +
+// online-softmax paths; bf16 dot products on avx512bf16), attention_tile_pv.inc (P.V),
+// attention_tasks.inc (OpenMP task grids, split merge).
 //
 // KV cache layout: [num_blocks, num_kv_heads, block_size, head_dim], contiguous.
 // NOTE: attention_isa.cpp includes only this header and C headers, so that no inline function
@@ -37,6 +38,7 @@ struct DecodeParams {
   int64_t head_dim;
   float scale;
   int64_t num_splits;  // context partitions per (seq, kv head); >= 1
+  bool query_is_bf16;  // query values are exact bf16 (bf16 dot products may be used)
   int num_threads;     // OpenMP threads (torch's intra-op thread count)
 };
 
@@ -53,6 +55,7 @@ struct PrefillParams {
   int64_t head_dim;
   float scale;
   int64_t q_tile;  // query tokens per task
+  bool query_is_bf16;  // query values are exact bf16 (bf16 dot products may be used)
   int num_threads;  // OpenMP threads (torch's intra-op thread count)
 };
 
@@ -65,6 +68,7 @@ struct PrefillParams {
 DISTLLM_DECLARE_ISA(base)
 DISTLLM_DECLARE_ISA(avx2)
 DISTLLM_DECLARE_ISA(avx512)
+DISTLLM_DECLARE_ISA(avx512bf16)
 
 #undef DISTLLM_DECLARE_ISA
 

@@ -15,13 +15,13 @@ using distllm::cpu::KVDtype;
 using distllm::cpu::PagedKV;
 using distllm::cpu::PrefillParams;
 
-enum class Isa : int { kBase = 0, kAvx2 = 1, kAvx512 = 2 };
+enum class Isa : int { kBase = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
 
 Isa detect_isa() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
-    return Isa::kAvx512;
+    return __builtin_cpu_supports("avx512bf16") ? Isa::kAvx512Bf16 : Isa::kAvx512;
   }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
   return Isa::kBase;
@@ -101,8 +101,11 @@ torch::Tensor staging_out(torch::Tensor& out) {
 
 template <typename Params>
 void dispatch_isa(void (*base)(const Params&), void (*avx2)(const Params&),
-                  void (*avx512)(const Params&), const Params& p) {
+                  void (*avx512)(const Params&), void (*avx512bf16)(const Params&),
+                  const Params& p) {
   switch (current_isa()) {
+    case Isa::kAvx512Bf16:
+      return avx512bf16(p);
     case Isa::kAvx512:
       return avx512(p);
     case Isa::kAvx2:
@@ -141,9 +144,10 @@ void paged_decode_attention(torch::Tensor& out, const torch::Tensor& query,
   p.num_splits =
       num_splits > 0 ? num_splits : auto_num_splits(p.num_seqs * p.kv.num_kv_heads, max_len);
   p.num_threads = std::max(1, at::get_num_threads());
+  p.query_is_bf16 = query.scalar_type() == at::kBFloat16;
   namespace c = distllm::cpu;
   dispatch_isa(&c::base::decode_attention, &c::avx2::decode_attention,
-               &c::avx512::decode_attention, p);
+               &c::avx512::decode_attention, &c::avx512bf16::decode_attention, p);
   finish_out(out, out32);
 }
 
@@ -192,14 +196,15 @@ void prefill_attention(torch::Tensor& out, const torch::Tensor& query, const tor
   // NOTE: ~64 query rows (G heads x q_tile tokens) per task keep K/V tiles hot in L1.
   p.q_tile = q_tile > 0 ? q_tile : std::max<int64_t>(1, 64 / (num_heads / num_kv_heads));
   p.num_threads = std::max(1, at::get_num_threads());
+  p.query_is_bf16 = query.scalar_type() == at::kBFloat16;
   namespace c = distllm::cpu;
   dispatch_isa(&c::base::prefill_attention, &c::avx2::prefill_attention,
-               &c::avx512::prefill_attention, p);
+               &c::avx512::prefill_attention, &c::avx512bf16::prefill_attention, p);
   finish_out(out, out32);
 }
 
 std::string cpu_isa() {
-  static const char* names[] = {"base", "avx2", "avx512"};
+  static const char* names[] = {"base", "avx2", "avx512", "avx512bf16"};
   return names[static_cast<int>(current_isa())];
 }
 
@@ -209,7 +214,8 @@ void set_cpu_isa(const std::string& isa) {
   if (isa == "base") want = Isa::kBase;
   else if (isa == "avx2") want = Isa::kAvx2;
   else if (isa == "avx512") want = Isa::kAvx512;
-  else TORCH_CHECK(isa == "auto", "unknown ISA '", isa, "' (base, avx2, avx512, auto)");
+  else if (isa == "avx512bf16") want = Isa::kAvx512Bf16;
+  else TORCH_CHECK(isa == "auto", "unknown ISA '", isa, "' (base, avx2, avx512, avx512bf16, auto)");
   TORCH_CHECK(static_cast<int>(want) <= static_cast<int>(best), "this CPU lacks ", isa);
   active_isa().store(static_cast<int>(want));
 }

@@ -47,7 +47,7 @@ def test_decode_matches_reference(
     assert_close(actual, expected)
 
 
-@pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ["base", "avx2", "avx512", "avx512bf16"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("group", [4, 8, 16])  # dot path (< 8 rows) and rows path (8, 16 lanes)
 def test_decode_every_isa_and_dtype(isa: str, dtype: torch.dtype, group: int) -> None:

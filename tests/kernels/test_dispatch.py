@@ -41,7 +41,7 @@ def test_public_signatures_match_reference() -> None:
 def test_has_native_is_a_bool_and_isa_is_reported() -> None:
     assert isinstance(ops.HAS_NATIVE, bool)
     isa = ops.native_isa()
-    assert (isa in ("base", "avx2", "avx512")) if ops.HAS_NATIVE else isa is None
+    assert (isa in ("base", "avx2", "avx512", "avx512bf16")) if ops.HAS_NATIVE else isa is None
 
 
 def test_float64_falls_back_to_reference() -> None:

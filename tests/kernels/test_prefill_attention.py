@@ -59,7 +59,7 @@ def test_prefill_matches_reference(
     assert_close(ops.prefill_attention(**case), reference.prefill_attention(**case))
 
 
-@pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
+@pytest.mark.parametrize("isa", ["base", "avx2", "avx512", "avx512bf16"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("q_tile", [1, 7, 64])
 def test_prefill_every_isa_tile_and_dtype(isa: str, dtype: torch.dtype, q_tile: int) -> None:
