@@ -199,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         rate = placement["predicted"]["cluster_goodput_rps"]
         _stage("4/5 serve the placement (disaggregated) and benchmark at the predicted goodput")
         measured, predicted = serve_and_bench(model_dir, workdir, rate, args, slo)
+    except ImportError as e:
+        print(f"demo failed: {e} (run it from the repository root: make demo)", file=sys.stderr)
+        return 1
     except (RuntimeError, ValueError, OSError) as e:
         print(f"demo failed: {e}", file=sys.stderr)
         return 1
