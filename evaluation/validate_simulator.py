@@ -3,14 +3,16 @@ against `distllm serve` through the load generator and through simdist with a fi
 per mode and rate: attainment error (pp), relative error of p50/p90 TTFT and TPOT, and the
 lifecycle terms (queueing, prefill, transfer, decode) that explain a miss. Overlay PNG + JSON.
 
-    python evaluation/validate_simulator.py [--profile simdist/profiles/cpu-demo.json]
+    python evaluation/validate_simulator.py [--profile cpu-demo | profile.json]
         [--model DIR --dataset data.jsonl | (demo model and workload built in --workdir)]
-        [--rates 1,2,4] [--num-requests 40] [--modes disaggregated,colocated] [-o DIR]
+        [--rates 3,6,9,12] [--num-requests 60] [--modes disaggregated,colocated] [-o DIR]
 
 Both sides see the same requests at the same send times: the trace (arrival_s) is drawn once per
 rate from the seed and replayed by the load generator (`--arrival trace`) and by simdist. Modes
 on this 2-core CPU, as in evaluation/bench_disagg_cpu.py: disaggregated = 1 prefill + 1 decode
-instance, colocated = 2 colocated instances, one core (one torch thread) per worker.
+instance, colocated = 2 colocated instances, one core (one torch thread) per worker. With
+--calibrate (default) a first round on its own trace scales the profile's terms to the serving
+stack (simdist.calibrate); errors are reported for the calibrated and the raw profile.
 """
 from __future__ import annotations
 
@@ -177,10 +179,11 @@ def run_mode(cfg: argparse.Namespace, mode: str, traces: dict, profile: object,
             sim_profile = LatencyProfile.from_dict(calib)
             logger.info("%s calibration factors: %s", mode, calib["calibration"]["factors"])
         for rate in cfg.rates:
-            path = run_real(traces[rate], cfg.num_requests, server.port, slo,
-                            out / f"rate-{rate:g}", f"{mode}-real")
-            trace = _read_trace(traces[rate])
-            real, row = metrics_of(path, slo), {"rate": rate}
+            real = median_metrics([metrics_of(run_real(
+                traces[rate], cfg.num_requests, server.port, slo,
+                out / f"rate-{rate:g}" / f"real-{k}", f"{mode}-real"), slo)
+                for k in range(cfg.repeats)])
+            trace, row = _read_trace(traces[rate]), {"rate": rate}
             for key, prof in (("sim_raw", profile), ("sim", sim_profile if calib else None)):
                 if prof is None:
                     continue
@@ -194,6 +197,15 @@ def run_mode(cfg: argparse.Namespace, mode: str, traces: dict, profile: object,
             logger.info("%s rate %g: attainment real %.2f sim %.2f", mode, rate,
                         real["attainment"], row["sim"]["attainment"])
     return {"rows": rows, "calibrated_profile": calib}
+
+
+def median_metrics(runs: list[dict]) -> dict:
+    """Per metric, the median over repeated real rounds of one trace (the host is shared:
+    back-to-back rounds of the same trace can differ by tens of points); `runs` keeps each."""
+    out = {k: float(np.median([r[k] for r in runs])) for k in runs[0] if k != "terms_ms"}
+    out["terms_ms"] = {t: float(np.median([r["terms_ms"][t] for r in runs]))
+                       for t in runs[0]["terms_ms"]}
+    return {**out, "runs": runs} if len(runs) > 1 else out
 
 
 def _read_trace(path: Path) -> list[dict]:
@@ -295,9 +307,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="model dir (default: the demo model)")
     p.add_argument("--dataset", default=None, help="JSONL (default: the demo workload)")
     p.add_argument("--workdir", default="out/demo", help="where the demo model/workload live")
-    p.add_argument("--rates", default="2,4,6", help="comma-separated request rates (/s)")
+    p.add_argument("--rates", default="3,6,9,12", help="comma-separated request rates (/s)")
     p.add_argument("--num-requests", type=int, default=60, help="requests per rate")
     p.add_argument("--warmup-requests", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=1,
+                   help="real rounds per rate (medians reported; the host's noise is large)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arrival", default="poisson", choices=("poisson", "gamma", "uniform"))
     p.add_argument("--cv", type=float, default=1.0)

@@ -59,8 +59,12 @@ class InProcessTimer(StepTimer):
         self.worker.init_cache(num_blocks, swap)
 
     def time_step(self, scheduler_output: SchedulerOutput) -> float:
+        import torch
+
         t0 = time.perf_counter()
         self.worker.execute_model(scheduler_output)
+        if self.worker.device.type == "cuda":
+            torch.cuda.synchronize(self.worker.device)
         return time.perf_counter() - t0
 
     def kv_capacity_tokens(self) -> int:

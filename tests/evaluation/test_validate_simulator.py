@@ -87,3 +87,15 @@ def test_validate_end_to_end_on_a_short_workload(tmp_path: Path) -> None:
     assert set(report["calibration"]) == {"disaggregated", "colocated"}
     assert (out / "validate_simulator.png").stat().st_size > 0
     assert (out / "profile-calibrated-disaggregated.json").is_file()
+
+
+def test_median_metrics_over_repeated_rounds() -> None:
+    def run(att: float, prefill: float) -> dict:
+        return {"attainment": att, "p90_ttft_ms": 100 * att, "completed": 6,
+                "terms_ms": {"queueing": 1.0, "prefill": prefill, "transfer": 0.0,
+                             "decode": 2.0}}
+
+    med = vs.median_metrics([run(0.5, 30.0), run(0.9, 10.0), run(0.8, 20.0)])
+    assert med["attainment"] == 0.8 and med["p90_ttft_ms"] == pytest.approx(80.0)
+    assert med["terms_ms"]["prefill"] == 20.0 and len(med["runs"]) == 3
+    assert "runs" not in vs.median_metrics([run(0.5, 30.0)])
