@@ -92,7 +92,7 @@ setup(
     name="distllm",
     version="0.1.0",
     description="Disaggregated prefill/decode LLM serving with a simulator-driven planner",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(
         include=[
             "distllm",
@@ -118,9 +118,13 @@ setup(
         "tokenizers",
         "prometheus-client",
         "matplotlib",
+        "jinja2",  # chat templates from tokenizer_config.json
     ],
+    # NOTE: simdist ships latency profiles as data; distllm.testing (tiny HF models for tests and
+    # the demo) needs transformers, which is in the dev extra.
+    package_data={"simdist": ["profiles/*.json", "README.md"]},
     extras_require={
-        "dev": ["pytest", "transformers", "ruff"],
+        "dev": ["pytest", "transformers", "ruff", "openai"],
         "gpu": ["cupy-cuda12x"],
     },
     entry_points={"console_scripts": ["distllm=distllm.entrypoints.cli:main"]},
