@@ -20,7 +20,8 @@ logger = logging.getLogger("simdist")
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="facebook/opt-13b", help="HF id or alias (opt-13b, ...)")
-    p.add_argument("--hardware", default="a100-80g", choices=sorted(HARDWARE))
+    p.add_argument("--hardware", default=None, choices=sorted(HARDWARE),
+                   help="GPU kind (default: the --profile's own hardware, else a100-80g)")
     p.add_argument("--profile", default=None, help=f"profile JSON, {sorted(SHIPPED)} or "
                    "'roofline' (default: shipped profile if it has the model, else roofline)")
     p.add_argument("--workload", default="sharegpt",
@@ -59,8 +60,11 @@ def build_common(p: argparse.ArgumentParser, ns: argparse.Namespace):  # noqa: A
     except KeyError:
         max_len = 2048
     try:
-        profile, pname = resolve_profile(ns.profile, ns.model, ns.hardware)
+        profile, pname = resolve_profile(ns.profile, ns.model, ns.hardware or "a100-80g")
         profile.model(ns.model)
+        if ns.hardware is None:
+            # NOTE: a measured profile (e.g. cpu-demo) names its own hardware; report that one.
+            ns.hardware = profile.hardware or "a100-80g"
     except (KeyError, FileNotFoundError, ValueError) as e:
         p.error(f"--profile/--model: {e}")
     try:
