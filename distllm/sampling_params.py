@@ -70,6 +70,8 @@ class SamplingParams:
             raise SamplingParamsError("top_k", f"must be an integer, got {self.top_k!r}")
         if self.seed is not None and not _is_int(self.seed):
             raise SamplingParamsError("seed", f"must be an integer or None, got {self.seed!r}")
+        if self.seed is not None and not -2**63 <= self.seed < 2**64:
+            raise SamplingParamsError("seed", f"must fit in 64 bits, got {self.seed}")
 
     def _validate_stops(self) -> None:
         if any(not isinstance(s, str) or not s for s in self.stop):

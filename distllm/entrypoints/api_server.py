@@ -29,6 +29,8 @@ from distllm.entrypoints.http_common import (
     read_model,
 )
 from distllm.entrypoints.openai_protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
     DetokenizeRequest,
     GenerateRequest,
     ModelCard,
@@ -37,6 +39,7 @@ from distllm.entrypoints.openai_protocol import (
     error_body,
     random_id,
 )
+from distllm.entrypoints.openapi_schema import attach_request_schemas
 from distllm.entrypoints.server_metrics import CONTENT_TYPE, ServerMetrics
 from distllm.sampling_params import SamplingParamsError
 
@@ -190,6 +193,10 @@ def build_app(engine: AsyncLLM, config: ServerConfig | None = None) -> FastAPI:
               "/tokenize": tokenize, "/detokenize": detokenize}
     for path, handler in routes.items():
         app.add_api_route(path, _bind(handler, ctx), methods=["POST"])
+    attach_request_schemas(app, {
+        "/generate": GenerateRequest, "/v1/completions": CompletionRequest,
+        "/v1/chat/completions": ChatCompletionRequest,
+        "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest})
     if ctx.config.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=ctx.config.api_key)
     return app
