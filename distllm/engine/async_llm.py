@@ -105,6 +105,18 @@ class AsyncLLM:
         return self._dead_reason is None and self._thread.is_alive()
 
     @property
+    def kv_capacity_tokens(self) -> int | None:
+        """The longest prompt whose KV fits on some instance of every stage it passes through
+        (None: unknown). Longer prompts can never run and are refused up front."""
+        block_size = self.engine.config.cache.block_size
+        best: dict[str, int] = {}  # stage kind -> largest live instance, in tokens
+        for inst in self.stats()["instances"].values():
+            if inst.get("alive", True) and "num_blocks" in inst:
+                kind = "prefill" if inst.get("kind") == "prefill" else "decode"
+                best[kind] = max(best.get(kind, 0), inst["num_blocks"] * block_size)
+        return min(best.values()) if best else None
+
+    @property
     def num_queued_requests(self) -> int:
         return sum(not s.has_output for s in self._streams.values())
 

@@ -143,6 +143,10 @@ class ServingContext:
         if len(ids) > max_len:
             raise ApiError(400, f"the prompt has {len(ids)} tokens, more than the model's "
                            f"context of {max_len} tokens", param=param)
+        capacity = self.engine.kv_capacity_tokens
+        if capacity is not None and len(ids) > capacity:
+            raise ApiError(400, f"the prompt has {len(ids)} tokens, more than the "
+                           f"{capacity} tokens of KV cache of any instance", param=param)
         return ids
 
     def sampling_error(self, e: SamplingParamsError) -> ApiError:

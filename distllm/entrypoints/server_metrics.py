@@ -48,14 +48,18 @@ class _EngineCollector(Collector):
                     for key, (name, help_) in _INSTANCE_GAUGES.items()}
         usage = GaugeMetricFamily(f"{p}kv_cache_usage_ratio", "Share of KV blocks in use (0-1)",
                                   labels=["instance"])
+        used_blocks = GaugeMetricFamily(f"{p}num_kv_blocks_used", "KV blocks in use",
+                                        labels=["instance"])
         for name, inst in stats["instances"].items():
             for key, family in families.items():
                 family.add_metric([name], inst.get(key, 0))
             num_blocks = inst.get("num_blocks", 0)
             used = num_blocks - inst.get("num_free_blocks", 0)
             usage.add_metric([name], used / num_blocks if num_blocks else 0.0)
+            used_blocks.add_metric([name], used)
         yield from families.values()
         yield usage
+        yield used_blocks
 
 
 class ServerMetrics:

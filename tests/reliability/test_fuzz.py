@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from schemathesis.generation import GenerationMode
 from hypothesis import HealthCheck, given, settings
+from schemathesis.generation import GenerationMode
 
 from distllm.entrypoints.api_server import build_app
 from tests.entrypoints.conftest import GatedEngine, make_engine
