@@ -189,11 +189,14 @@ class DisaggEngine:
         ready = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
         updated: list[Request] = []
         for item, rs in pending:
-            if all(r in ready for r in rs):
-                if isinstance(item, Migration):
+            if not all(r in ready for r in rs):
+                continue
+            # NOTE: a failure handled earlier in this loop may have settled the item already
+            if isinstance(item, Migration):
+                if self._migrations.get(item.request.request_id) is item:
                     self._complete_migration(item)
-                else:
-                    updated += self._complete_step(item)
+            elif item.inflight and item.inflight[0].refs is rs:
+                updated += self._complete_step(item)
         return updated
 
     def _complete_step(self, inst: StageEngine) -> list[Request]:
