@@ -82,6 +82,7 @@ class AsyncLLM:
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dead_reason: str | None = None
+        self._draining = False  # stop_accepting() was called (graceful shutdown)
         self._thread = threading.Thread(target=self._run_engine, name="distllm-engine",
                                         daemon=True)
         self._thread.start()
@@ -102,7 +103,20 @@ class AsyncLLM:
 
     @property
     def is_running(self) -> bool:
-        return self._dead_reason is None and self._thread.is_alive()
+        """The engine serves new requests (False once it died, shut down or is draining)."""
+        return (self._dead_reason is None and not self._draining
+                and self._thread.is_alive())
+
+    def stop_accepting(self) -> None:
+        """Start draining: new requests get EngineDeadError (503); in-flight ones go on."""
+        self._draining = True
+
+    async def abort_all(self) -> int:
+        """Abort every in-flight request (each ends with a finish_reason 'abort' output)."""
+        request_ids = list(self._streams)
+        for request_id in request_ids:
+            await self.abort(request_id)
+        return len(request_ids)
 
     @property
     def kv_capacity_tokens(self) -> int | None:
@@ -171,7 +185,8 @@ class AsyncLLM:
     def _add(self, request_id: str, prompt: str | list[int],
              sampling_params: SamplingParams) -> _Stream:
         if not self.is_running:
-            raise EngineDeadError(f"the engine is not running ({self._dead_reason or 'stopped'})")
+            reason = "the server is shutting down" if self._draining else self._dead_reason
+            raise EngineDeadError(f"the engine is not running ({reason or 'stopped'})")
         if request_id in self._streams:
             raise ValueError(f"request id {request_id!r} is already in use")
         limit = self.max_queued_requests

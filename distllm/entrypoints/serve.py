@@ -34,6 +34,9 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-level", default=envs.log_level().lower(),
                    choices=["debug", "info", "warning", "error"])
     g.add_argument("--access-log", action="store_true", help="log every HTTP request")
+    g.add_argument("--drain-timeout-s", type=float, default=10.0,
+                   help="on SIGTERM/SIGINT, how long in-flight requests may finish before "
+                        "they are aborted (each still gets a response)")
     return parser
 
 
@@ -53,6 +56,7 @@ def run_server(ns: argparse.Namespace) -> None:
     from distllm.engine.async_disagg import build_async_llm
     from distllm.entrypoints.api_server import build_app
     from distllm.entrypoints.http_common import ServerConfig
+    from distllm.entrypoints.shutdown import DrainingServer
 
     config, disagg = engine_configs_from_args(ns)
     engine = build_async_llm(config, disagg, max_queued_requests=ns.max_queued_requests)
@@ -64,7 +68,8 @@ def run_server(ns: argparse.Namespace) -> None:
         # NOTE: uvicorn re-raises a captured SIGINT after its graceful shutdown; with this handler
         # in place that ends in a log line instead of a KeyboardInterrupt traceback.
         signal.signal(signal.SIGINT, _log_interrupt)
-        uvicorn.Server(server).run()
+        signal.signal(signal.SIGTERM, _log_interrupt)  # exit 0 after the drain, engine shut down
+        DrainingServer(server, engine, ns.drain_timeout_s).run()
     finally:
         engine.shutdown()
 
