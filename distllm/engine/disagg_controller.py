@@ -82,6 +82,7 @@ class DisaggEngine:
         self._holders: dict[str, tuple[Request, StageEngine]] = {}  # id -> (request, holder)
         self._awaiting_pull: deque[tuple[StageEngine, Request]] = deque()  # FCFS
         self._migrations: dict[str, Migration] = {}  # request id -> migration in flight
+        self._generator_states: dict[str, Any] = {}  # request id -> seeded sampler state
         self.migrated_bytes = 0
         self.migration_time_s = 0.0
 
@@ -175,6 +176,7 @@ class DisaggEngine:
         for output in outputs:
             if output.finished:
                 self._holders.pop(output.request_id, None)
+                self._generator_states.pop(output.request_id, None)
         return outputs
 
     def _collect(self, timeout_s: float) -> list[Request]:
@@ -202,7 +204,7 @@ class DisaggEngine:
     def _complete_step(self, inst: StageEngine) -> list[Request]:
         step = inst.inflight.pop(0)  # NOTE: a worker runs its steps in submission order
         try:
-            output = ray.get(step.refs, timeout=self.disagg.step_timeout_s)[0]
+            result = ray.get(step.refs, timeout=self.disagg.step_timeout_s)[0]
         except ray.exceptions.RayActorError as e:
             self._kill_instance(inst, f"worker of {inst.name} died: {e}")
             return []
@@ -210,8 +212,9 @@ class DisaggEngine:
             ids = [r.request_id for r in step.scheduler_output.scheduled]
             self._fail(inst, ids, f"{inst.name} step failed: {e}")
             return []
-        updated = inst.scheduler.update_from_output(step.scheduler_output, output)
+        updated = inst.scheduler.update_from_output(step.scheduler_output, result.output)
         if inst.kind == "prefill":
+            self._generator_states.update(result.generator_states)
             self._awaiting_pull += [(inst, r) for r in inst.scheduler.pop_prefilled()]
         return updated
 
@@ -242,7 +245,9 @@ class DisaggEngine:
         dst_blocks = dst.scheduler.start_migration(request)
         # NOTE: decode holds one more slot (token #1's KV is computed there); it may start a
         # block the prefill side never had.
-        refs = submit_migration(src, dst, src_blocks, dst_blocks[:len(src_blocks)])
+        refs = submit_migration(src, dst, src_blocks, dst_blocks[:len(src_blocks)],
+                                request.request_id,
+                                self._generator_states.pop(request.request_id, None))
         self._migrations[request.request_id] = Migration(request, src, dst, src_blocks, refs,
                                                          now)
         self._holders[request.request_id] = (request, dst)

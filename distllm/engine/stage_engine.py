@@ -119,9 +119,11 @@ def _plan(num_layers: int, num_kv_heads: int, src: tuple[int, int],
 
 
 def submit_migration(src: StageEngine, dst: StageEngine, src_blocks: list[int],
-                     dst_blocks: list[int]) -> list[Any]:
-    """Start moving a request's KV from `src` to `dst` (its blocks, in logical order). Returns
-    the refs of every send and receive task (their results sum to the bytes moved)."""
+                     dst_blocks: list[int], request_id: str = "",
+                     generator_state: Any = None) -> list[Any]:
+    """Start moving a request's KV from `src` to `dst` (its blocks, in logical order) and its
+    seeded generator state, if any. Returns the refs of every send and receive task (their
+    results sum to the bytes moved)."""
     dims = src.config.model.dims
     plan = _plan(dims.num_layers, dims.num_kv_heads, (src.tp, src.pp), (dst.tp, dst.pp))
     refs = []
@@ -133,5 +135,6 @@ def submit_migration(src: StageEngine, dst: StageEngine, src_blocks: list[int],
     for i, worker in enumerate(dst.ray.workers):
         mine = [t for t in plan if t.dst == i]
         refs.append(worker.recv_kv.options(concurrency_group="migrate").remote(
-            dst_blocks, mine, [src.ray.ranks[t.src] for t in mine]))
+            dst_blocks, mine, [src.ray.ranks[t.src] for t in mine], request_id,
+            generator_state))
     return refs

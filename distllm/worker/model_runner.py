@@ -75,6 +75,16 @@ class ModelRunner:
         ids = [r.request_id for r in sampled]
         return ModelRunnerOutput(dict(zip(ids, token_ids, strict=True)))
 
+    def generator_states(self, request_ids: list[str]) -> dict[str, torch.Tensor]:
+        """States of the given requests' seeded generators (request id -> state), so another
+        runner can continue their random streams (KV migration)."""
+        return {i: self._generators[i].get_state() for i in request_ids if i in self._generators}
+
+    def set_generator_state(self, request_id: str, state: torch.Tensor) -> None:
+        generator = torch.Generator(self.device)
+        generator.set_state(state)
+        self._generators[request_id] = generator
+
     def _generator(self, request: ScheduledRequest) -> torch.Generator | None:
         seed = request.sampling_params.seed
         if seed is None:

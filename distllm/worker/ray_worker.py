@@ -8,6 +8,7 @@ that no forward uses until it completes, so the two may overlap.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -20,6 +21,16 @@ from distllm.distributed.kv_transport import SlabTransfer
 from distllm.distributed.parallel_info import ParallelInfo
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StepResult:
+    """What the last pipeline stage's TP rank 0 returns for a step."""
+
+    output: ModelRunnerOutput
+    # request id -> its seeded generator's state after this step (prefills only), handed to the
+    # decode instance with the KV so sampling continues the same random stream
+    generator_states: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class RayWorker:
@@ -67,16 +78,20 @@ class RayWorker:
         self.worker.init_cache(num_blocks, num_swap_blocks)
 
     def execute_model(self, scheduler_output: SchedulerOutput,
-                      intermediate: torch.Tensor | ModelRunnerOutput | None = None
-                      ) -> ModelRunnerOutput | torch.Tensor | None:
+                      intermediate: torch.Tensor | StepResult | None = None
+                      ) -> StepResult | torch.Tensor | None:
         """One step of this shard. Returns the hidden states on a stage before the last, the
-        sampled tokens on TP rank 0 of the last stage, None on its other TP ranks."""
-        if isinstance(intermediate, ModelRunnerOutput):  # the previous stage had no forward
+        sampled tokens (+ seeded generator states of the prefills) on TP rank 0 of the last
+        stage, None on its other TP ranks."""
+        if isinstance(intermediate, StepResult):  # the previous stage had no forward
             intermediate = None
         out = self.worker.execute_model(scheduler_output, intermediate)
-        if self.parallel.is_last_pp_rank and self.parallel.tp_rank != 0:
+        if not isinstance(out, ModelRunnerOutput):
+            return out
+        if self.parallel.tp_rank != 0:
             return None
-        return out
+        ids = [r.request_id for r in scheduler_output.prefills]
+        return StepResult(out, self.worker.runner.generator_states(ids))
 
     def send_kv(self, block_ids: list[int], transfers: list[SlabTransfer],
                 dst_ranks: list[int]) -> int:
@@ -87,9 +102,12 @@ class RayWorker:
             self.transport.send(slab, dst_rank)
         return 0
 
-    def recv_kv(self, block_ids: list[int], transfers: list[SlabTransfer],
-                src_ranks: list[int]) -> int:
-        """Receive this worker's slabs into `block_ids`; returns the bytes received."""
+    def recv_kv(self, block_ids: list[int], transfers: list[SlabTransfer], src_ranks: list[int],
+                request_id: str = "", generator_state: torch.Tensor | None = None) -> int:
+        """Receive this worker's slabs into `block_ids` (and continue the request's seeded
+        random stream from `generator_state`); returns the bytes received."""
+        if generator_state is not None:
+            self.worker.runner.set_generator_state(request_id, generator_state)
         caches = self._caches()
         head_dim, block_size = caches[0][0].shape[-1], caches[0][0].shape[-2]
         nbytes = 0

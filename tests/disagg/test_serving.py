@@ -131,3 +131,21 @@ def test_stop_strings_and_ids_match_the_in_process_engine(
                                                               exp.stop_reason)
         assert out.finish_reason == "stop" and len(out.token_ids) < 24
     _assert_no_leaks(async_llm)
+
+
+def test_seeded_sampling_continues_across_the_migration(
+        async_llm: AsyncDisaggLLM, tiny_gqa: Path, prompts: list[list[int]]) -> None:
+    from distllm import LLM
+
+    params = [SamplingParams(max_tokens=12, temperature=1.0, top_k=50, seed=100 + i,
+                             ignore_eos=True) for i in range(len(prompts))]
+    expected = LLM(str(tiny_gqa), **ENGINE_KWARGS).generate(prompts, params, use_tqdm=False)
+    engine = async_llm.engine
+    for i, (prompt, p) in enumerate(zip(prompts, params, strict=True)):
+        engine.add_request(f"seed{i}", prompt, p)
+    got = {}
+    while engine.has_unfinished_requests():
+        got.update({o.request_id: o.token_ids for o in engine.step() if o.finished})
+    assert [got[f"seed{i}"] for i in range(len(prompts))] == [o.token_ids for o in expected]
+    assert not engine._generator_states
+    _assert_no_leaks(async_llm)
