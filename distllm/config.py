@@ -101,19 +101,27 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class CacheConfig:
-    """Paged KV cache sizing. `num_kv_blocks` wins over `kv_cache_memory_gb` when set."""
+    """Paged KV cache sizing. `num_kv_blocks` wins over `kv_cache_memory_gb` when set; on CUDA,
+    with neither set, the cache takes what `gpu_memory_utilization` of the GPU leaves."""
 
     block_size: int = 16  # tokens per block
     num_kv_blocks: int | None = None
-    kv_cache_memory_gb: float = 1.0  # device memory given to the KV cache (CPU: RAM)
+    # device memory given to the KV cache (CPU: RAM); None: 1 GiB on CPU, from
+    # gpu_memory_utilization on CUDA
+    kv_cache_memory_gb: float | None = None
     swap_space_gb: float = 0.0  # CPU memory for swapped-out blocks
     watermark: float = 0.01  # share of blocks kept free when admitting new requests
+    # CUDA: share of the GPU's total memory this instance may use (weights + activations + KV)
+    gpu_memory_utilization: float = 0.9
 
     def __post_init__(self) -> None:
         _positive_int("block_size", self.block_size)
         if self.num_kv_blocks is not None:
             _positive_int("num_kv_blocks", self.num_kv_blocks)
-        if not self.kv_cache_memory_gb > 0:
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError("gpu_memory_utilization must be in (0, 1], got "
+                             f"{self.gpu_memory_utilization}")
+        if self.kv_cache_memory_gb is not None and not self.kv_cache_memory_gb > 0:
             raise ValueError(f"kv_cache_memory_gb must be > 0, got {self.kv_cache_memory_gb}")
         if self.swap_space_gb < 0:
             raise ValueError(f"swap_space_gb must be >= 0, got {self.swap_space_gb}")
@@ -124,7 +132,12 @@ class CacheConfig:
         """KV blocks on the device, given the bytes one block takes over all layers (K and V)."""
         if self.num_kv_blocks is not None:
             return self.num_kv_blocks
-        return max(1, math.floor(self.kv_cache_memory_gb * 2**30 / block_bytes))
+        return max(1, math.floor((self.kv_cache_memory_gb or 1.0) * 2**30 / block_bytes))
+
+    @property
+    def is_sized_by_gpu_memory(self) -> bool:
+        """On CUDA: neither a block count nor a memory size given, so size from free memory."""
+        return self.num_kv_blocks is None and self.kv_cache_memory_gb is None
 
     def num_swap_blocks(self, block_bytes: int) -> int:
         return math.floor(self.swap_space_gb * 2**30 / block_bytes)
@@ -135,8 +148,11 @@ class CacheConfig:
         g.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
         g.add_argument("--num-kv-blocks", type=int, default=None,
                        help="number of KV blocks (overrides --kv-cache-memory-gb)")
-        g.add_argument("--kv-cache-memory-gb", type=float, default=1.0,
-                       help="memory given to the KV cache")
+        g.add_argument("--kv-cache-memory-gb", type=float, default=None,
+                       help="memory given to the KV cache (default: 1 GiB on CPU; on CUDA "
+                            "what --gpu-memory-utilization leaves)")
+        g.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                       help="CUDA: share of the GPU memory this instance may use")
         g.add_argument("--swap-space-gb", type=float, default=0.0,
                        help="CPU memory for swapped-out KV blocks")
         g.add_argument("--watermark", type=float, default=0.01,
@@ -146,7 +162,8 @@ class CacheConfig:
     def from_cli_args(cls, ns: argparse.Namespace) -> CacheConfig:
         return cls(block_size=ns.block_size, num_kv_blocks=ns.num_kv_blocks,
                    kv_cache_memory_gb=ns.kv_cache_memory_gb, swap_space_gb=ns.swap_space_gb,
-                   watermark=ns.watermark)
+                   watermark=ns.watermark,
+                   gpu_memory_utilization=getattr(ns, "gpu_memory_utilization", 0.9))
 
 
 @dataclass(frozen=True)
@@ -219,6 +236,7 @@ class EngineConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     device: str = "cpu"
+    enforce_eager: bool = False  # CUDA: no CUDA graphs for decode steps
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -237,12 +255,15 @@ class EngineConfig:
         for sub in (ModelConfig, CacheConfig, ParallelConfig, SchedulerConfig):
             sub.add_cli_args(parser)
         parser.add_argument("--device", default="cpu", choices=DEVICES)
+        parser.add_argument("--enforce-eager", action="store_true",
+                            help="CUDA: run decode steps eagerly (no CUDA graphs)")
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> EngineConfig:
         return cls(model=ModelConfig.from_cli_args(ns), cache=CacheConfig.from_cli_args(ns),
                    parallel=ParallelConfig.from_cli_args(ns),
-                   scheduler=SchedulerConfig.from_cli_args(ns), device=ns.device)
+                   scheduler=SchedulerConfig.from_cli_args(ns), device=ns.device,
+                   enforce_eager=getattr(ns, "enforce_eager", False))
 
     @classmethod
     def from_kwargs(cls, model: str, **kwargs: Any) -> EngineConfig:
@@ -258,7 +279,7 @@ class EngineConfig:
                          None)
             if owner is not None:
                 parts[owner][name] = value
-            elif name == "device":
+            elif name in ("device", "enforce_eager"):
                 root[name] = value
             else:
                 raise TypeError(f"unknown engine argument {name!r}")

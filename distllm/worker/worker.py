@@ -54,8 +54,21 @@ class Worker:
         num_layers, num_kv_heads = self.cache_shape
         nbytes = block_bytes(num_layers, num_kv_heads, dims.head_dim,
                              self.config.cache.block_size, self.dtype)
-        return (self.config.cache.num_device_blocks(nbytes),
-                self.config.cache.num_swap_blocks(nbytes))
+        cache = self.config.cache
+        if self.device.type == "cuda" and cache.is_sized_by_gpu_memory:
+            return self._cuda_num_blocks(nbytes), cache.num_swap_blocks(nbytes)
+        return cache.num_device_blocks(nbytes), cache.num_swap_blocks(nbytes)
+
+    def _cuda_num_blocks(self, nbytes: int) -> int:
+        from distllm.worker.gpu_memory import activation_peak_bytes, cuda_kv_cache_bytes
+
+        sched = self.config.scheduler
+        activations = activation_peak_bytes(
+            self.config.model.dims, sched.max_num_batched_tokens, sched.max_num_seqs,
+            self.config.model.dtype_size)
+        budget = cuda_kv_cache_bytes(self.device, self.config.cache.gpu_memory_utilization,
+                                     activations)
+        return max(1, budget // nbytes)
 
     def init_cache(self, num_blocks: int, num_swap_blocks: int) -> None:
         dims = self.config.model.dims
@@ -65,6 +78,18 @@ class Worker:
             num_blocks, num_swap_blocks, self.dtype, self.device)
         logger.info("KV cache: %d blocks of %d tokens (+%d swap blocks)", num_blocks,
                     self.config.cache.block_size, num_swap_blocks)
+        if self.uses_cuda_graphs:
+            from distllm.worker.cuda_graph import CudaGraphModel
+
+            self.runner.model = CudaGraphModel(
+                self.model, self.cache_engine.device_caches, self.config.scheduler.max_num_seqs,
+                -(-self.config.model.max_seq_len // self.config.cache.block_size), self.device)
+
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        """Decode steps replay CUDA graphs: CUDA, not --enforce-eager, one tp=1 pp=1 shard."""
+        return (self.device.type == "cuda" and not self.config.enforce_eager
+                and self.parallel.tp_size == 1 and self.parallel.pp_size == 1)
 
     def execute_model(self, scheduler_output: SchedulerOutput,
                       intermediate: torch.Tensor | None = None
