@@ -43,11 +43,19 @@ class InstanceWorkers:
     ranks: list[int] = field(default_factory=list)
 
 
+def gpu_share(config: EngineConfig) -> float:
+    """Ray GPUs one worker of this instance reserves: its memory share on CUDA, 0 on CPU."""
+    return config.cache.gpu_memory_utilization if config.device == "cuda" else 0.0
+
+
 def create_instance(name: str, config: EngineConfig, num_threads: int, affinity: str,
                     timeout_s: float) -> InstanceWorkers:
     """Reserve a placement group (one CPU/GPU bundle per worker) and start the workers in it."""
     tp, pp = config.parallel.tp, config.parallel.pp
-    bundle = {"GPU": 1, "CPU": 1} if config.device == "cuda" else {"CPU": num_threads}
+    # NOTE: a CUDA worker asks Ray for the share of a GPU it may use, so two instances at
+    # --gpu-memory-utilization <= 0.5 (1P+1D) share one GPU
+    gpus = gpu_share(config)
+    bundle = {"GPU": gpus, "CPU": 1} if config.device == "cuda" else {"CPU": num_threads}
     strategy = "STRICT_PACK" if affinity == "high" else "PACK"
     pg = placement_group([dict(bundle) for _ in range(tp * pp)], strategy=strategy,
                          name=f"distllm-{name}-{uuid.uuid4().hex[:8]}")
@@ -63,7 +71,7 @@ def create_instance(name: str, config: EngineConfig, num_threads: int, affinity:
         strategy_i = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index)
         options = dict(scheduling_strategy=strategy_i, runtime_env={"env_vars": env},
                        num_cpus=0 if config.device == "cuda" else num_threads,
-                       num_gpus=1 if config.device == "cuda" else 0)
+                       num_gpus=gpus)
         workers.append(RemoteRayWorker.options(**options).remote(
             config, tp_rank=index % tp, pp_rank=index // tp, num_threads=num_threads))
     return InstanceWorkers(name, config, workers, pg)

@@ -131,3 +131,11 @@ def test_transport_selection() -> None:
     assert choose_transport(gpu0, remote) == "nccl"
     with pytest.raises(ValueError, match="same device kind"):
         choose_transport(cpu_a, gpu0)
+
+
+def test_ray_gpu_share_lets_two_instances_share_one_gpu(tiny_llama) -> None:
+    from distllm.engine.ray_cluster import gpu_share
+
+    half = EngineConfig.from_kwargs(str(tiny_llama), device="cuda", gpu_memory_utilization=0.45)
+    assert gpu_share(half) == 0.45 and 2 * gpu_share(half) <= 1.0
+    assert gpu_share(EngineConfig.from_kwargs(str(tiny_llama))) == 0.0  # CPU: no GPU
