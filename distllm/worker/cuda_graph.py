@@ -20,6 +20,14 @@ logger = logging.getLogger(__name__)
 KVCaches = list[tuple[torch.Tensor, torch.Tensor]]
 
 
+def can_capture(dtype: torch.dtype, head_dim: int, block_size: int, has_cuda_kernels: bool
+                ) -> bool:
+    """Whether decode steps are capturable: only the native CUDA kernels (fp16/bf16, the head
+    sizes and block sizes they support) avoid host syncs; the torch references do not."""
+    return (has_cuda_kernels and dtype in (torch.float16, torch.bfloat16)
+            and head_dim in (64, 128, 256) and block_size in (8, 16, 32))
+
+
 def capture_sizes(max_num_seqs: int) -> list[int]:
     """Buckets 1, 2, 4, then multiples of 8, up to (and including) `max_num_seqs`."""
     sizes = [s for s in (1, 2, 4) if s < max_num_seqs]

@@ -78,18 +78,35 @@ class Worker:
             num_blocks, num_swap_blocks, self.dtype, self.device)
         logger.info("KV cache: %d blocks of %d tokens (+%d swap blocks)", num_blocks,
                     self.config.cache.block_size, num_swap_blocks)
-        if self.uses_cuda_graphs:
-            from distllm.worker.cuda_graph import CudaGraphModel
+        if self.wants_cuda_graphs:
+            self._capture_cuda_graphs()
 
-            self.runner.model = CudaGraphModel(
-                self.model, self.cache_engine.device_caches, self.config.scheduler.max_num_seqs,
-                -(-self.config.model.max_seq_len // self.config.cache.block_size), self.device)
+    @property
+    def wants_cuda_graphs(self) -> bool:
+        """Decode steps replay CUDA graphs: CUDA kernels for this model, not --enforce-eager,
+        one tp=1 pp=1 shard."""
+        from distllm import ops
+        from distllm.worker.cuda_graph import can_capture
+
+        return (self.device.type == "cuda" and not self.config.enforce_eager
+                and self.parallel.tp_size == 1 and self.parallel.pp_size == 1
+                and can_capture(self.dtype, self.config.model.dims.head_dim,
+                                self.config.cache.block_size, ops.HAS_CUDA_NATIVE))
 
     @property
     def uses_cuda_graphs(self) -> bool:
-        """Decode steps replay CUDA graphs: CUDA, not --enforce-eager, one tp=1 pp=1 shard."""
-        return (self.device.type == "cuda" and not self.config.enforce_eager
-                and self.parallel.tp_size == 1 and self.parallel.pp_size == 1)
+        return self.runner.model is not self.model
+
+    def _capture_cuda_graphs(self) -> None:
+        from distllm.worker.cuda_graph import CudaGraphModel
+
+        config = self.config
+        try:
+            self.runner.model = CudaGraphModel(
+                self.model, self.cache_engine.device_caches, config.scheduler.max_num_seqs,
+                -(-config.model.max_seq_len // config.cache.block_size), self.device)
+        except RuntimeError:
+            logger.warning("CUDA graph capture failed; decode steps run eagerly", exc_info=True)
 
     def execute_model(self, scheduler_output: SchedulerOutput,
                       intermediate: torch.Tensor | None = None

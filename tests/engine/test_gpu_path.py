@@ -117,7 +117,7 @@ def test_cpu_worker_runs_eagerly(tiny_llama) -> None:
 
     worker = Worker(EngineConfig.from_kwargs(str(tiny_llama), num_kv_blocks=8))
     worker.init_cache(*worker.determine_num_blocks())
-    assert not worker.uses_cuda_graphs and worker.runner.model is worker.model
+    assert not worker.wants_cuda_graphs and not worker.uses_cuda_graphs
     assert worker.determine_num_blocks()[0] == 8
 
 
@@ -139,3 +139,12 @@ def test_ray_gpu_share_lets_two_instances_share_one_gpu(tiny_llama) -> None:
     half = EngineConfig.from_kwargs(str(tiny_llama), device="cuda", gpu_memory_utilization=0.45)
     assert gpu_share(half) == 0.45 and 2 * gpu_share(half) <= 1.0
     assert gpu_share(EngineConfig.from_kwargs(str(tiny_llama))) == 0.0  # CPU: no GPU
+
+
+def test_capture_only_with_the_native_cuda_kernels() -> None:
+    from distllm.worker.cuda_graph import can_capture
+
+    assert can_capture(torch.bfloat16, 128, 16, has_cuda_kernels=True)
+    assert not can_capture(torch.float32, 128, 16, has_cuda_kernels=True)  # torch reference
+    assert not can_capture(torch.bfloat16, 96, 16, has_cuda_kernels=True)
+    assert not can_capture(torch.float16, 64, 16, has_cuda_kernels=False)
