@@ -22,9 +22,10 @@ class AsyncDisaggLLM(AsyncLLM):
     @classmethod
     def from_configs(cls, config: EngineConfig, disagg: DisaggConfig,
                      **kwargs: Any) -> AsyncDisaggLLM:
-        from distllm.engine.disagg_controller import DisaggEngine
+        from distllm.engine.fault_tolerance import ResilientDisaggEngine
 
-        return cls(DisaggEngine(config, disagg), **kwargs)
+        # NOTE: a DisaggEngine that re-creates dead instances (distllm/engine/fault_tolerance.py)
+        return cls(ResilientDisaggEngine(config, disagg), **kwargs)
 
     def stats(self) -> dict[str, Any]:
         """As AsyncLLM.stats, with one entry per prefill / decode / colocated instance."""
