@@ -1,11 +1,12 @@
 """Which KV transport a (prefill worker, decode worker) pair uses, from where each one runs:
-gloo on CPU, CUDA IPC when both sit on the same node (one GPU shared by 1P+1D included), NCCL
-across nodes. Pure Python; the Ray workers report their `WorkerLocation`."""
+CUDA IPC when both use the same GPU (1P+1D sharing it), gloo otherwise (on GPUs it stages the
+slab through host memory; NOTE: an NCCL path for GPU pairs is not wired yet). Pure Python; the
+Ray workers apply the same rule in `cuda_ipc_transport.make_cuda_transport`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-TRANSPORTS = ("gloo", "cuda_ipc", "nccl")
+TRANSPORTS = ("gloo", "cuda_ipc")
 
 
 @dataclass(frozen=True)
@@ -22,16 +23,13 @@ def choose_transport(src: WorkerLocation, dst: WorkerLocation) -> str:
     if src.device != dst.device:
         raise ValueError(f"prefill on {src.device} and decode on {dst.device}: both instances "
                          "must use the same device kind")
-    if src.device == "cpu":
-        return "gloo"
-    if src.node_id == dst.node_id:
-        return "cuda_ipc"
-    return "nccl"
+    return "cuda_ipc" if is_same_gpu(src, dst) else "gloo"
 
 
 def is_same_gpu(src: WorkerLocation, dst: WorkerLocation) -> bool:
     """Both workers on one physical GPU (1P+1D sharing it: each instance needs its own
-    --gpu-memory-utilization share, and Ray a fractional GPU per worker)."""
+    --gpu-memory-utilization share, and Ray a fractional GPU per worker). NOTE: only then can
+    IPC handles be opened: Ray shows each worker just its own GPU."""
     return (src.device == dst.device == "cuda" and src.node_id == dst.node_id
             and src.gpu_uuid is not None and src.gpu_uuid == dst.gpu_uuid)
 

@@ -66,6 +66,11 @@ class RayWorker:
         init_world(master_addr, master_port, rank, world_size, tp_groups)
         self.rank = rank
         self.transport = kv_transport.GlooTransport()
+        if self.config.device == "cuda":  # NOTE: alike on every rank: the collective is safe
+            from distllm.distributed.cuda_ipc_transport import make_cuda_transport
+            from distllm.distributed.process_groups import node_ip
+
+            self.transport = make_cuda_transport(self.transport, node_ip(), rank, world_size)
 
     def load_model(self) -> tuple[int, int]:
         """Build the shard and load its weights; returns (device, swap) blocks it affords."""

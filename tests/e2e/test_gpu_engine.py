@@ -151,9 +151,18 @@ def test_disaggregated_on_one_gpu_matches_transformers(tiny_model_dir) -> None: 
         model_dir = tiny_model_dir("llama3")
         prompts = _prompts()
         want = [tokens for tokens, _ in _hf_greedy(model_dir, torch.float32, prompts)]
-        got = _generate(model_dir, prompts, dtype="float32", mode="disaggregated",
-                        gpu_memory_utilization=0.3)
-        assert got == want
+        _free_gpu()
+        llm = LLM(str(model_dir), **{**ENGINE, "dtype": "float32", "mode": "disaggregated",
+                                     "gpu_memory_utilization": 0.3})
+        try:
+            workers = [i.ray.workers[0] for i in (*llm.engine.prefill, *llm.engine.decode)]
+            peers = ray.get([w.__ray_call__.remote(lambda self: sorted(self.transport.local_peers))
+                             for w in workers])
+            assert peers == [[1], [0]], "1P+1D on one GPU must move KV over CUDA IPC"
+            outputs = llm.generate(prompts, _params(MAX_TOKENS), use_tqdm=False)
+            assert [o.token_ids for o in outputs] == want
+        finally:
+            llm.shutdown()
     finally:
         if started:
             ray.shutdown()

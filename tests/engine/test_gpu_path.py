@@ -124,11 +124,12 @@ def test_cpu_worker_runs_eagerly(tiny_llama) -> None:
 def test_transport_selection() -> None:
     cpu_a, cpu_b = WorkerLocation("n0", "cpu"), WorkerLocation("n1", "cpu")
     gpu0, gpu0_again = WorkerLocation("n0", "cuda", "GPU-a"), WorkerLocation("n0", "cuda", "GPU-a")
-    gpu1, remote = WorkerLocation("n0", "cuda", "GPU-b"), WorkerLocation("n1", "cuda", "GPU-c")
+    gpu1, remote = WorkerLocation("n0", "cuda", "GPU-b"), WorkerLocation("n1", "cuda", "GPU-a")
     assert choose_transport(cpu_a, cpu_b) == "gloo"
     assert choose_transport(gpu0, gpu0_again) == "cuda_ipc" and is_same_gpu(gpu0, gpu0_again)
-    assert choose_transport(gpu0, gpu1) == "cuda_ipc" and not is_same_gpu(gpu0, gpu1)
-    assert choose_transport(gpu0, remote) == "nccl"
+    assert choose_transport(gpu0, gpu1) == "gloo" and not is_same_gpu(gpu0, gpu1)
+    assert choose_transport(gpu0, remote) == "gloo"
+    assert not is_same_gpu(WorkerLocation("n0", "cuda"), WorkerLocation("n0", "cuda"))
     with pytest.raises(ValueError, match="same device kind"):
         choose_transport(cpu_a, gpu0)
 
