@@ -149,3 +149,43 @@ def test_capture_only_with_the_native_cuda_kernels() -> None:
     assert not can_capture(torch.float32, 128, 16, has_cuda_kernels=True)  # torch reference
     assert not can_capture(torch.bfloat16, 96, 16, has_cuda_kernels=True)
     assert not can_capture(torch.float16, 64, 16, has_cuda_kernels=False)
+
+
+def test_padded_decode_batch_equals_the_unpadded_one(tiny_llama) -> None:
+    """What a captured graph computes, run eagerly on CPU: the first n rows of a bucket padded
+    by DecodeBuffers equal the unpadded batch, and padding rows write nothing to the cache."""
+    from distllm.layers.context import forward_batch
+    from distllm.worker.worker import Worker
+
+    worker = Worker(EngineConfig.from_kwargs(str(tiny_llama), num_kv_blocks=8, block_size=16))
+    worker.init_cache(8, 0)
+    gen = torch.Generator().manual_seed(0)
+    for k, v in worker.cache_engine.device_caches:
+        k.copy_(torch.randn(k.shape, generator=gen))
+        v.copy_(torch.randn(v.shape, generator=gen))
+    initial = [(k.clone(), v.clone()) for k, v in worker.cache_engine.device_caches]
+    meta = AttentionMetadata(
+        num_prefills=0, num_prefill_tokens=0, num_decode_tokens=3,
+        slot_mapping=torch.tensor([16 * 1 + 5, 16 * 3 + 0, 16 * 6 + 9]),
+        decode_block_tables=torch.tensor([[2, 1], [5, 3], [6, 0]], dtype=torch.int32),
+        decode_context_lens=torch.tensor([22, 17, 10], dtype=torch.int32))
+    ids, pos = torch.tensor([11, 12, 13]), torch.tensor([21, 16, 9])
+    with torch.inference_mode():
+        with forward_batch(meta, worker.cache_engine.device_caches):
+            want = worker.model(ids, pos)
+        after = [(k.clone(), v.clone()) for k, v in worker.cache_engine.device_caches]
+        for (k, v), (k0, v0) in zip(worker.cache_engine.device_caches, initial, strict=True):
+            k.copy_(k0)
+            v.copy_(v0)
+        buffers = DecodeBuffers.allocate(8, 4, torch.device("cpu"))
+        buffers.fill(ids, pos, meta, 4)
+        with forward_batch(buffers.metadata(4), worker.cache_engine.device_caches):
+            got = worker.model(buffers.input_ids[:4], buffers.positions[:4])
+    torch.testing.assert_close(got[:3], want, rtol=1e-5, atol=1e-5)
+    written = torch.zeros(8 * 16, dtype=torch.bool)
+    written[meta.slot_mapping] = True
+    written = written.view(8, 1, 16, 1)  # [num_blocks, 1, block_size, 1]
+    for (k, v), (k1, v1), (k0, _) in zip(worker.cache_engine.device_caches, after, initial,
+                                         strict=True):
+        torch.testing.assert_close((k, v), (k1, v1), rtol=1e-5, atol=1e-5)
+        assert torch.equal(torch.where(written, 0.0, k), torch.where(written, 0.0, k0))
