@@ -87,7 +87,7 @@ def run_transformers(model_dir: str, prompts: list[list[int]], outs: list[int],
     dtype = getattr(torch, opts["dtype"])
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir),
-                                                 torch_dtype=dtype).eval()
+                                                 dtype=dtype).eval()
     order = sorted(range(len(prompts)), key=lambda i: (outs[i], len(prompts[i])))
     bs = opts["hf_batch_size"]
     batches = [order[i:i + bs] for i in range(0, len(order), bs)]
