@@ -66,15 +66,17 @@ def run_fault(model: Path, name: str, num_requests: int = 6, max_tokens: int = 1
                    for s in engine.stats()["instances"].values())
         recovered = len(ok_again) == num_requests and all(i.is_alive for i in engine.instances)
         return ScenarioResult(
-            name, f"{target} {action} at {point}", 2 * num_requests, len(failed), recovered,
+            name, f"{target} {action} at {point}", 2 * num_requests,
+            len(failed) + engine.num_reruns, recovered,
             time_to_recover_s=round(min(ok_again) - max(failed), 2) if failed and ok_again
-            else None,
+            else 0.0 if recovered else None,
             no_response=2 * num_requests - len(first) - len(second), blocks_leaked=used,
             details={"error_answered_within_s": round(max(failed) - started, 2) if failed
                      else None,
                      "errors": sorted({err[:80] for _, err, _ in first.values() if err}),
                      "restarts": [(r.name, round(r.rejoined_s - r.started_s, 2))
                                   for r in engine.restarts],
-                     "world_resets": engine.num_world_resets})
+                     "world_resets": engine.num_world_resets, "reruns": engine.num_reruns,
+                     "failed": len(failed)})
     finally:
         engine.shutdown()

@@ -3,7 +3,9 @@ fault-injection worker for tests.
 
 `ResilientDisaggEngine` is a `DisaggEngine` whose `step()` restarts a dead instance (a worker
 that died, or a step that ran over `step_timeout_s`) once the requests it held have been
-answered (with an error, by DisaggEngine's failure handling):
+answered (with an error, by DisaggEngine's failure handling) or taken off it: a request that
+had streamed nothing yet (no output token) is re-run on another live instance, or on the dead
+one once it is back.
 
     dead instance, its requests answered -> finish in-flight steps / migrations of the others
       -> every live worker leaves the world group -> kill the dead instance's workers
@@ -58,6 +60,8 @@ class ResilientDisaggEngine(DisaggEngine):
         self.restarts: list[RestartRecord] = []
         self._stashed: list[Any] = []  # requests updated while draining for a restart
         self._world_suspect = False  # a KV transfer timed out: re-form the world group
+        self._pending_rerun: list[Any] = []  # requests to re-run once an instance can
+        self.num_reruns = 0
         self.num_world_resets = 0
 
     def step(self, timeout_s: float = 0.005) -> list:
@@ -87,11 +91,43 @@ class ResilientDisaggEngine(DisaggEngine):
         stashed, self._stashed = self._stashed, []
         return stashed + super()._collect(timeout_s)
 
+    # ---- re-running requests that had streamed nothing ----------------------------------
+    def _kill_instance(self, inst: StageEngine, reason: str) -> None:
+        """As DisaggEngine's, but requests without an output token yet (nothing streamed)
+        are taken off the dead instance first and re-run elsewhere (or once it is back)."""
+        rerun = [r for r in list(inst.scheduler.requests.values())
+                 if r.num_output_tokens == 0 and r.request_id not in self._migrations]
+        for request in rerun:
+            _detach(inst.scheduler, request)
+        super()._kill_instance(inst, reason)
+        for request in rerun:
+            logger.warning("request %s: %s; re-running it", request.request_id, reason)
+            self._pending_rerun.append(request)
+            self.num_reruns += 1
+        self._place_reruns()
+
+    def _place_reruns(self) -> None:
+        """Queue re-run requests on the least-loaded live entry instance, if any."""
+        entry = [i for i in (self.prefill or self.decode) if i.is_alive]
+        while entry and self._pending_rerun:
+            request = self._pending_rerun.pop(0)
+            target = min(entry, key=lambda i: i.load)
+            target.scheduler.add_request(request)
+            self._holders[request.request_id] = (request, target)
+
+    def finish_requests(self, request_ids: str | list[str], status: Any) -> None:
+        ids = {request_ids} if isinstance(request_ids, str) else set(request_ids)
+        for request in [r for r in self._pending_rerun if r.request_id in ids]:
+            self._pending_rerun.remove(request)  # aborted while waiting for a re-run
+            request.status = status
+        super().finish_requests(request_ids, status)
+
     def _restartable(self) -> StageEngine | None:
         """A dead instance whose requests have all been answered, if restarts are left."""
         if len(self.restarts) >= self.max_restarts:
             return None
-        holders = {id(held[1]) for held in self._holders.values()}
+        pending = {r.request_id for r in self._pending_rerun}
+        holders = {id(held[1]) for rid, held in self._holders.items() if rid not in pending}
         for inst in self.instances:
             if not inst.is_alive and id(inst) not in holders:
                 return inst
@@ -132,9 +168,23 @@ class ResilientDisaggEngine(DisaggEngine):
         self._world_suspect = False
         self.prefill = [i for i in self.instances if i.kind == "prefill"]
         self.decode = [i for i in self.instances if i.kind != "prefill"]
+        self._place_reruns()
         self.restarts.append(RestartRecord(dead.name, dead.dead_reason or "", started,
                                            time.monotonic()))
         logger.warning("%s rejoined after %.1f s", dead.name, time.monotonic() - started)
+
+
+def _detach(scheduler: Any, request: Any) -> None:
+    """Take a request off a (dead) instance's scheduler without finishing it, reset to be
+    prefilled again from scratch."""
+    for queue in (scheduler.running, scheduler.waiting, scheduler.swapped):
+        if request in queue:
+            queue.remove(request)
+    scheduler.block_manager.free(request)
+    del scheduler.requests[request.request_id]
+    request.num_computed_tokens = 0
+    request.is_prefilling = False
+    request.num_preemptions += 1
 
 
 class FaultyRayWorker(RayWorker):

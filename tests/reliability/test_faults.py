@@ -87,11 +87,15 @@ def test_fault_is_contained_and_the_instance_rejoins(ray_cluster: None, faulty_w
         done = _run(engine, "a")
         assert len(done) == NUM_REQUESTS  # every request ended exactly once
         failed = [o for o in done.values() if o.error]
-        assert failed, "the fault hit no request"
+        if scenario == "prefill_killed_mid_prefill":  # nothing streamed: re-run on prefill-1
+            assert not failed and engine.num_reruns > 0
+        else:
+            assert failed, "the fault hit no request"
         assert all(error_text in o.error for o in failed), [o.error for o in failed]
         assert all(len(o.token_ids) == 12 for o in done.values() if not o.error)
         # NOTE: the 10 s bound on a failed request's answer, not a speed check
-        assert max(ANSWERED_AT[o.request_id] for o in failed) - started < 10 + STEP_TIMEOUT_S
+        assert max(ANSWERED_AT[o.request_id] for o in done.values()) - started < 10 + 2 * \
+            STEP_TIMEOUT_S
         assert _all_free(engine)
         again = _run(engine, "b")  # the restarted instance serves again
         assert all(not o.error and len(o.token_ids) == 12 for o in again.values()), \
