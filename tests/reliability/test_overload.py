@@ -126,3 +126,31 @@ def _preemptions(text: str) -> float:
         if line.startswith("distllm_num_preemptions_total"):
             return float(line.split()[-1])
     return 0.0
+
+
+def test_kv_capacity_of_the_ray_engine_takes_live_instances_per_stage() -> None:
+    from types import SimpleNamespace
+
+    from distllm.engine.async_disagg import AsyncDisaggLLM
+
+    class FakeDisaggEngine:
+        config = SimpleNamespace(cache=SimpleNamespace(block_size=8))
+
+        def has_unfinished_requests(self) -> bool:
+            return False
+
+        def stats(self) -> dict:
+            inst = [("prefill-0", "prefill", 10, True), ("prefill-1", "prefill", 20, True),
+                    ("decode-0", "decode", 4, True), ("decode-1", "decode", 100, False)]
+            return {"num_migrations_in_flight": 0, "instances": {
+                name: {"kind": kind, "num_blocks": n, "num_free_blocks": n, "alive": alive}
+                for name, kind, n, alive in inst}}
+
+        def shutdown(self) -> None:
+            pass
+
+    engine = AsyncDisaggLLM(FakeDisaggEngine())  # type: ignore[arg-type]
+    try:
+        assert engine.kv_capacity_tokens == 4 * 8  # the largest live decode instance
+    finally:
+        engine.shutdown()
