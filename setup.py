@@ -124,7 +124,7 @@ setup(
     # the demo) needs transformers, which is in the dev extra.
     package_data={"simdist": ["profiles/*.json", "README.md"]},
     extras_require={
-        "dev": ["pytest", "transformers", "ruff", "openai"],
+        "dev": ["pytest", "transformers", "ruff", "openai", "schemathesis"],
         "gpu": ["cupy-cuda12x"],
     },
     entry_points={"console_scripts": ["distllm=distllm.entrypoints.cli:main"]},
