@@ -23,7 +23,7 @@ DEVICES = ("cpu", "cuda")
 PREEMPTION_MODES = ("recompute", "swap")
 
 
-def _positive_int(name: str, value: Any) -> None:
+def check_positive_int(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
@@ -47,7 +47,7 @@ class ModelConfig:
         if not (Path(self.model) / "config.json").is_file():
             raise ValueError(f"model {self.model!r} is not a directory with a config.json")
         if self.max_model_len is not None:
-            _positive_int("max_model_len", self.max_model_len)
+            check_positive_int("max_model_len", self.max_model_len)
             limit = self.dims.max_position_embeddings
             if self.max_model_len > limit:
                 raise ValueError(f"max_model_len={self.max_model_len} exceeds the model's "
@@ -115,9 +115,9 @@ class CacheConfig:
     gpu_memory_utilization: float = 0.9
 
     def __post_init__(self) -> None:
-        _positive_int("block_size", self.block_size)
+        check_positive_int("block_size", self.block_size)
         if self.num_kv_blocks is not None:
-            _positive_int("num_kv_blocks", self.num_kv_blocks)
+            check_positive_int("num_kv_blocks", self.num_kv_blocks)
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError("gpu_memory_utilization must be in (0, 1], got "
                              f"{self.gpu_memory_utilization}")
@@ -174,8 +174,8 @@ class ParallelConfig:
     pp: int = 1
 
     def __post_init__(self) -> None:
-        _positive_int("tp", self.tp)
-        _positive_int("pp", self.pp)
+        check_positive_int("tp", self.tp)
+        check_positive_int("pp", self.pp)
 
     @property
     def world_size(self) -> int:
@@ -203,8 +203,8 @@ class SchedulerConfig:
     preemption_mode: str = "recompute"  # recompute | swap (falls back to recompute when full)
 
     def __post_init__(self) -> None:
-        _positive_int("max_num_seqs", self.max_num_seqs)
-        _positive_int("max_num_batched_tokens", self.max_num_batched_tokens)
+        check_positive_int("max_num_seqs", self.max_num_seqs)
+        check_positive_int("max_num_batched_tokens", self.max_num_batched_tokens)
         if self.preemption_mode not in PREEMPTION_MODES:
             raise ValueError(f"preemption_mode must be one of {PREEMPTION_MODES}, "
                              f"got {self.preemption_mode!r}")
@@ -286,87 +286,3 @@ class EngineConfig:
         built = {key: owners[key](**kw) for key, kw in parts.items()}
         return cls(**built, **root)
 
-
-MODES = ("colocated", "disaggregated")
-
-
-@dataclass(frozen=True)
-class DisaggConfig:
-    """Instances of the Ray-based engine: how many prefill / decode (or colocated) instances, their
-    TP x PP, where Ray runs and the decode pull policy. A placement JSON overrides the flags."""
-
-    mode: str = "disaggregated"  # disaggregated | colocated (instances that do both phases)
-    prefill_tp: int = 1
-    prefill_pp: int = 1
-    decode_tp: int = 1
-    decode_pp: int = 1
-    num_prefill_instances: int = 1
-    num_decode_instances: int = 1  # colocated mode: the number of colocated instances
-    affinity: str = "low"  # high: STRICT_PACK each instance's workers; low: PACK
-    ray_address: str | None = None  # None: start (or reuse) a local Ray cluster
-    prefill_num_kv_blocks: int | None = None  # None: from the cache config
-    decode_num_kv_blocks: int | None = None
-    # decode pulls a prefilled request only while its migrated-but-waiting requests hold less
-    # than this share of its blocks
-    decode_pull_threshold: float = 0.5
-    step_timeout_s: float = 120.0  # a worker call running longer fails its requests
-    num_threads_per_worker: int = 1  # torch threads in each worker process
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        for name in ("prefill_tp", "prefill_pp", "decode_tp", "decode_pp",
-                     "num_prefill_instances", "num_decode_instances", "num_threads_per_worker"):
-            _positive_int(name, getattr(self, name))
-        for name in ("prefill_num_kv_blocks", "decode_num_kv_blocks"):
-            if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
-        if self.affinity not in ("high", "low"):
-            raise ValueError(f"affinity must be high or low, got {self.affinity!r}")
-        if not 0.0 < self.decode_pull_threshold <= 1.0:
-            raise ValueError("decode_pull_threshold must be in (0, 1], got "
-                             f"{self.decode_pull_threshold}")
-        if not self.step_timeout_s > 0:
-            raise ValueError(f"step_timeout_s must be > 0, got {self.step_timeout_s}")
-
-    @classmethod
-    def from_placement(cls, path: str, **overrides: Any) -> DisaggConfig:
-        """Instances and parallelism from a planner placement JSON (DESIGN.md section 4)."""
-        from distllm.placement import load_placement
-
-        p = load_placement(path)
-        if p.mode == "colocated":
-            c = p.colocated
-            kw = dict(decode_tp=c.tp, decode_pp=c.pp, num_decode_instances=c.instances)
-        else:
-            kw = dict(prefill_tp=p.prefill.tp, prefill_pp=p.prefill.pp,
-                      num_prefill_instances=p.prefill.instances, decode_tp=p.decode.tp,
-                      decode_pp=p.decode.pp, num_decode_instances=p.decode.instances)
-        return cls(mode=p.mode, affinity=p.affinity, **{**kw, **overrides})
-
-    @staticmethod
-    def add_cli_args(parser: argparse.ArgumentParser) -> None:
-        g = parser.add_argument_group("disaggregation")
-        g.add_argument("--mode", default=None, choices=MODES,
-                       help="run prefill and decode on separate Ray instances (disaggregated) or "
-                            "instances that do both (colocated); unset: one in-process engine")
-        for stage in ("prefill", "decode"):
-            g.add_argument(f"--{stage}-tp", type=int, default=1, help=f"TP of a {stage} instance")
-            g.add_argument(f"--{stage}-pp", type=int, default=1, help=f"PP of a {stage} instance")
-            g.add_argument(f"--num-{stage}-instances", type=int, default=1,
-                           help=f"number of {stage} instances")
-        g.add_argument("--ray-address", default=None, help="join this Ray cluster")
-
-    @classmethod
-    def from_cli_args(cls, ns: argparse.Namespace) -> DisaggConfig | None:
-        """None when neither --mode nor --placement asks for the Ray engine.
-        NOTE: `--placement` is declared by `distllm serve`; this reads it when present."""
-        placement = getattr(ns, "placement", None)
-        if placement:
-            return cls.from_placement(placement, ray_address=ns.ray_address)
-        if ns.mode is None:
-            return None
-        return cls(mode=ns.mode, prefill_tp=ns.prefill_tp, prefill_pp=ns.prefill_pp,
-                   decode_tp=ns.decode_tp, decode_pp=ns.decode_pp,
-                   num_prefill_instances=ns.num_prefill_instances,
-                   num_decode_instances=ns.num_decode_instances, ray_address=ns.ray_address)

@@ -44,7 +44,8 @@ MODES = {"disaggregated": ("disaggregated", 1, 1), "colocated-2x1": ("colocated"
 
 
 def build_engine(model_dir: Path, mode: str):  # noqa: ANN201
-    from distllm.config import DisaggConfig, EngineConfig
+    from distllm.config import EngineConfig
+    from distllm.disagg_config import DisaggConfig
     from distllm.engine.disagg_controller import DisaggEngine
 
     config = EngineConfig.from_kwargs(str(model_dir), block_size=16, num_kv_blocks=1024,

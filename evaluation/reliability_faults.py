@@ -10,7 +10,8 @@ from pathlib import Path
 
 import ray
 
-from distllm.config import DisaggConfig, EngineConfig
+from distllm.config import EngineConfig
+from distllm.disagg_config import DisaggConfig
 from distllm.engine import fault_tolerance, ray_cluster
 from distllm.engine.fault_tolerance import ResilientDisaggEngine
 from distllm.sampling_params import SamplingParams

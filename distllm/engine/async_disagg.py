@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 from distllm.engine.async_llm import AsyncLLM
 
 if TYPE_CHECKING:
-    from distllm.config import DisaggConfig, EngineConfig
+    from distllm.config import EngineConfig
+    from distllm.disagg_config import DisaggConfig
     from distllm.engine.disagg_controller import DisaggEngine
 
 

@@ -20,9 +20,10 @@ from typing import Any
 
 import ray
 
-from distllm.config import DisaggConfig, EngineConfig, ParallelConfig
+from distllm.config import EngineConfig, ParallelConfig
 from distllm.core.block_manager import AllocStatus
 from distllm.core.request_state import Request, RequestStatus
+from distllm.disagg_config import DisaggConfig
 from distllm.engine import ray_cluster
 from distllm.engine.output_processor import OutputProcessor
 from distllm.engine.outputs import RequestOutput

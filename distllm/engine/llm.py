@@ -37,7 +37,7 @@ class LLM:
     def __init__(self, model: str, mode: str | None = None, **kwargs: Any) -> None:
         from dataclasses import fields
 
-        from distllm.config import DisaggConfig
+        from distllm.disagg_config import DisaggConfig
 
         names = {f.name for f in fields(DisaggConfig)}
         disagg_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in names}

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from distllm.config import DisaggConfig
 from distllm.core.block_manager import BlockManager
 from distllm.core.colocated_scheduler import ColocatedScheduler
 from distllm.core.decode_scheduler import DecodeScheduler
 from distllm.core.prefill_scheduler import PrefillScheduler
 from distllm.core.scheduler import Scheduler
 from distllm.core.scheduler_output import SchedulerOutput
+from distllm.disagg_config import DisaggConfig
 from distllm.distributed.kv_transport import SlabTransfer, plan_migration
 from distllm.engine.ray_cluster import InstanceWorkers
 

@@ -15,7 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
-from distllm.config import DisaggConfig, EngineConfig
+from distllm.config import EngineConfig
+from distllm.disagg_config import DisaggConfig
 
 QUICK = dict(prefill_batch_sizes=(1, 2, 4), prompt_lens=(16, 64, 256),
              decode_batch_sizes=(1, 4, 16), context_lens=(64, 256), repeats=3, warmup=1)

@@ -11,7 +11,8 @@ import logging
 import signal
 
 from distllm import envs
-from distllm.config import DisaggConfig, EngineConfig
+from distllm.config import EngineConfig
+from distllm.disagg_config import DisaggConfig
 
 logger = logging.getLogger(__name__)
 

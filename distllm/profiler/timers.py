@@ -14,8 +14,9 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from distllm.config import DisaggConfig, EngineConfig
+    from distllm.config import EngineConfig
     from distllm.core.scheduler_output import SchedulerOutput
+    from distllm.disagg_config import DisaggConfig
 
 logger = logging.getLogger(__name__)
 

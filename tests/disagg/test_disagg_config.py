@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from distllm.config import DisaggConfig, EngineConfig
+from distllm.config import EngineConfig
+from distllm.disagg_config import DisaggConfig
 from distllm.engine.disagg_controller import instance_specs
 
 

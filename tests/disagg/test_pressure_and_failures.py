@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import ray
 
-from distllm.config import DisaggConfig, EngineConfig
+from distllm.config import EngineConfig
+from distllm.disagg_config import DisaggConfig
 from distllm.engine.disagg_controller import DisaggEngine
 from distllm.engine.outputs import RequestOutput
 from tests.disagg.conftest import ENGINE_KWARGS, greedy_params

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from distllm.config import DisaggConfig, EngineConfig
+from distllm.config import EngineConfig
+from distllm.disagg_config import DisaggConfig
 from distllm.engine.async_disagg import AsyncDisaggLLM, build_async_llm
 from distllm.sampling_params import SamplingParams
 from tests.disagg.conftest import ENGINE_KWARGS, MAX_TOKENS, greedy_params

@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 import ray
 
-from distllm.config import DisaggConfig, EngineConfig
+from distllm.config import EngineConfig
+from distllm.disagg_config import DisaggConfig
 from distllm.engine.async_disagg import AsyncDisaggLLM
 from evaluation.reliability_scenarios import (
     Ledger,

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from distllm.config import DisaggConfig, EngineConfig
+from distllm.config import EngineConfig
+from distllm.disagg_config import DisaggConfig
 from distllm.engine.fault_tolerance import ResilientDisaggEngine
 from distllm.engine.outputs import RequestOutput
 from distllm.sampling_params import SamplingParams
