@@ -25,6 +25,7 @@ from distllm.core.block_manager import AllocStatus
 from distllm.core.request_state import Request, RequestStatus
 from distllm.disagg_config import DisaggConfig
 from distllm.engine import ray_cluster
+from distllm.engine.llm_engine import new_request
 from distllm.engine.output_processor import OutputProcessor
 from distllm.engine.outputs import RequestOutput
 from distllm.engine.stage_engine import StageEngine, submit_migration
@@ -113,25 +114,14 @@ class DisaggEngine:
                     arrival_time: float | None = None) -> Request:
         """Tokenize and queue on the least-loaded prefill (or colocated) instance. Raises
         ValueError on an empty or too long prompt, a duplicate id, or no live instance."""
-        text = prompt if isinstance(prompt, str) else None
-        token_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        max_len = self.config.model.max_seq_len
-        if not token_ids:
-            raise ValueError(f"request {request_id}: the prompt is empty")
-        if len(token_ids) > max_len:
-            raise ValueError(f"request {request_id}: prompt of {len(token_ids)} tokens exceeds "
-                             f"max_model_len={max_len}")
+        request, text = new_request(self.tokenizer, self.config.model.max_seq_len, request_id,
+                                    prompt, sampling_params, arrival_time)
         if request_id in self._holders:
             raise ValueError(f"request id {request_id!r} is already running")
         entry = [i for i in (self.prefill or self.decode) if i.is_alive]
         if not entry:
             raise ValueError("no live instance can take requests")
         target = min(entry, key=lambda i: i.load)
-        request = Request(
-            request_id=request_id, prompt_token_ids=token_ids,
-            sampling_params=sampling_params or SamplingParams(),
-            eos_token_id=self.tokenizer.eos_token_id,
-            arrival_time=time.monotonic() if arrival_time is None else arrival_time)
         target.scheduler.add_request(request)
         self.output_processor.add_request(request, text)
         self._holders[request_id] = (request, target)

@@ -18,6 +18,26 @@ from distllm.tokenizer import Tokenizer
 from distllm.worker.worker import Worker
 
 
+def new_request(tokenizer: Tokenizer, max_seq_len: int, request_id: str, prompt: str | list[int],
+                sampling_params: SamplingParams | None,
+                arrival_time: float | None) -> tuple[Request, str | None]:
+    """(request, prompt text or None): tokenize a text prompt and check it, the admission rule
+    every engine shares. Raises ValueError on an empty prompt or one over max_seq_len tokens."""
+    text = prompt if isinstance(prompt, str) else None
+    token_ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    if not token_ids:
+        raise ValueError(f"request {request_id}: the prompt is empty")
+    if len(token_ids) > max_seq_len:
+        raise ValueError(f"request {request_id}: prompt of {len(token_ids)} tokens exceeds "
+                         f"max_model_len={max_seq_len}")
+    request = Request(
+        request_id=request_id, prompt_token_ids=token_ids,
+        sampling_params=sampling_params or SamplingParams(),
+        eos_token_id=tokenizer.eos_token_id,
+        arrival_time=time.monotonic() if arrival_time is None else arrival_time)
+    return request, text
+
+
 class LLMEngine:
     """Runs requests to completion one `step()` at a time (single process, one device)."""
 
@@ -42,19 +62,8 @@ class LLMEngine:
                     arrival_time: float | None = None) -> Request:
         """Queue a request (text is tokenized here). Raises ValueError on an empty or too long
         prompt."""
-        text = prompt if isinstance(prompt, str) else None
-        token_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        max_len = self.config.model.max_seq_len
-        if not token_ids:
-            raise ValueError(f"request {request_id}: the prompt is empty")
-        if len(token_ids) > max_len:
-            raise ValueError(f"request {request_id}: prompt of {len(token_ids)} tokens exceeds "
-                             f"max_model_len={max_len}")
-        request = Request(
-            request_id=request_id, prompt_token_ids=token_ids,
-            sampling_params=sampling_params or SamplingParams(),
-            eos_token_id=self.tokenizer.eos_token_id,
-            arrival_time=time.monotonic() if arrival_time is None else arrival_time)
+        request, text = new_request(self.tokenizer, self.config.model.max_seq_len, request_id,
+                                    prompt, sampling_params, arrival_time)
         self.scheduler.add_request(request)
         self.output_processor.add_request(request, text)
         return request
