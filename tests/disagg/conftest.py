@@ -1,9 +1,8 @@
-"""One Ray cluster for the whole session, a tiny GQA model (4 heads, 2 KV heads, 4 layers) and
-its reference greedy outputs (transformers and the in-process colocated engine)."""
+"""A tiny GQA model (4 heads, 2 KV heads, 4 layers) and its reference greedy outputs (transformers
+and the in-process colocated engine); the session Ray cluster is in tests/conftest.py."""
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,19 +12,6 @@ PROMPT_LENS = [5, 17, 40, 9, 28, 12]
 MAX_TOKENS = [8, 24, 12, 20, 8, 16]
 ENGINE_KWARGS = dict(block_size=8, num_kv_blocks=64, max_num_seqs=8, max_model_len=256,
                      max_num_batched_tokens=1024)
-
-
-@pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=16, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-    yield
-    if started:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -95,13 +95,13 @@ def serve_in_thread(app: object) -> tuple[str, object, threading.Thread]:
     return f"http://127.0.0.1:{port}", server, thread
 
 
-def _start(model: Path, **server_kwargs: object) -> Iterator[RunningServer]:
+def running_server(llm_engine: LLMEngine, config: ServerConfig,
+                   max_queued: int | None) -> Iterator[RunningServer]:
+    """Serve `llm_engine` (behind a GatedEngine) on loopback until the generator is closed."""
     from distllm.entrypoints.api_server import build_app
 
-    max_queued = server_kwargs.pop("max_queued_requests", None)
-    gated = GatedEngine(make_engine(model))
+    gated = GatedEngine(llm_engine)
     engine = AsyncLLM(gated, max_queued_requests=max_queued)
-    config = ServerConfig(served_model_name="tiny", model_path=str(model), **server_kwargs)
     url, server, thread = serve_in_thread(build_app(engine, config))
     try:
         yield RunningServer(url, engine, gated, config)
@@ -110,6 +110,12 @@ def _start(model: Path, **server_kwargs: object) -> Iterator[RunningServer]:
         server.should_exit = True
         thread.join(10)
         engine.shutdown()
+
+
+def _start(model: Path, **server_kwargs: object) -> Iterator[RunningServer]:
+    max_queued = server_kwargs.pop("max_queued_requests", None)
+    config = ServerConfig(served_model_name="tiny", model_path=str(model), **server_kwargs)
+    yield from running_server(make_engine(model), config, max_queued)
 
 
 @pytest.fixture(scope="module")

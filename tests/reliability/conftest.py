@@ -32,19 +32,6 @@ def used_kv_blocks(url: str) -> dict[str, float]:
     return {m[1]: float(m[2]) for m in re.finditer(pattern, text, re.M)}
 
 
-@pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=16, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-    yield
-    if started:
-        ray.shutdown()
-
-
 @pytest.fixture
 def faulty_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     """Instances built in this test use FaultyRayWorker (inject_fault)."""

@@ -12,11 +12,9 @@ import aiohttp
 import pytest
 
 from distllm.config import EngineConfig
-from distllm.engine.async_llm import AsyncLLM
 from distllm.engine.llm_engine import LLMEngine
-from distllm.entrypoints.api_server import build_app
 from distllm.entrypoints.http_common import ServerConfig
-from tests.entrypoints.conftest import GatedEngine, RunningServer, serve_in_thread
+from tests.entrypoints.conftest import RunningServer, running_server
 from tests.reliability.conftest import used_kv_blocks
 
 NUM_KV_BLOCKS, BLOCK_SIZE = 10, 8  # 80 tokens of KV: a few requests at a time
@@ -26,17 +24,8 @@ def _start(model: Path, max_queued: int | None, **cache: object) -> Iterator[Run
     config = EngineConfig.from_kwargs(str(model), num_kv_blocks=NUM_KV_BLOCKS,
                                       block_size=BLOCK_SIZE, max_num_seqs=8, max_model_len=256,
                                       **cache)
-    gated = GatedEngine(LLMEngine(config))
-    engine = AsyncLLM(gated, max_queued_requests=max_queued)
     server_config = ServerConfig(served_model_name="tiny", retry_after_s=3)
-    url, server, thread = serve_in_thread(build_app(engine, server_config))
-    try:
-        yield RunningServer(url, engine, gated, server_config)
-    finally:
-        gated.gate.set()
-        server.should_exit = True
-        thread.join(10)
-        engine.shutdown()
+    yield from running_server(LLMEngine(config), server_config, max_queued)
 
 
 @pytest.fixture(scope="module")
