@@ -67,6 +67,18 @@ class RequestRecord:
         }
 
 
+def json_safe(x: object) -> object:
+    """`x` with NaN/inf floats turned into None, recursively through dicts and lists: `.exp` files
+    stay strict JSON (strict readers reject NaN)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [json_safe(v) for v in x]
+    return x
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Linear-interpolated percentile (numpy's default method); nan for no values."""
     if not values:
@@ -140,10 +152,10 @@ def summarize(
     if ttft_slo_ms is not None or tpot_slo_ms is not None:
         out["ttft_slo_ms"] = ttft_slo_ms
         out["tpot_slo_ms"] = tpot_slo_ms
-        out["attainment"] = slo_attainment(records, ttft_slo_ms, tpot_slo_ms)
+        good = sum(meets_slo(r, ttft_slo_ms, tpot_slo_ms) for r in records)
+        out["attainment"] = good / len(records) if records else math.nan
         out["attainment_ttft"] = slo_attainment(records, ttft_slo_ms, None)
         out["attainment_tpot"] = slo_attainment(records, None, tpot_slo_ms)
-        good = sum(meets_slo(r, ttft_slo_ms, tpot_slo_ms) for r in records)
         out["request_goodput"] = good / d
     return out
 

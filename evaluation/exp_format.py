@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from distllm.metrics import PERCENTILES, RequestRecord, percentile, summarize
+from distllm.metrics import PERCENTILES, RequestRecord, json_safe, percentile, summarize
 from distllm.request import Lifetime
 
 if TYPE_CHECKING:
@@ -40,16 +40,6 @@ class ExpRun:
     @property
     def rate(self) -> float:
         return float(self.meta.get("rate", math.nan))
-
-
-def _finite(x: object) -> object:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite(v) for v in x]
-    return x
 
 
 def lateness_stats(lateness_s: list[float]) -> dict[str, float]:
@@ -100,7 +90,7 @@ def build_exp(meta: dict, result: RoundResult, summary: dict) -> dict:
         "start_time_unix": result.start_unix,
         "duration_s": result.duration_s,
     }
-    return _finite({"meta": full_meta, "requests": requests, "summary": summary})
+    return json_safe({"meta": full_meta, "requests": requests, "summary": summary})
 
 
 def exp_document(
@@ -116,7 +106,7 @@ def exp_document(
         }
         for rec, life in zip(records, lifetimes, strict=True)
     ]
-    return _finite({"meta": meta, "requests": requests, "summary": summary})
+    return json_safe({"meta": meta, "requests": requests, "summary": summary})
 
 
 def write_exp(path: str | Path, exp: dict) -> Path:

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from distllm.metrics import PERCENTILES, RequestRecord, percentile, summarize
+from distllm.metrics import PERCENTILES, RequestRecord, json_safe, percentile, summarize
 from simdist.sim_request import SimRequest
 
 SLO_SCALES = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
@@ -90,14 +90,5 @@ class SimResult:
 
 def write_exp(exp: dict, path: str | Path) -> None:
     """JSON with NaN/inf turned into null (strict JSON readers reject them)."""
-    Path(path).write_text(json.dumps(_clean(exp), indent=1) + "\n")
+    Path(path).write_text(json.dumps(json_safe(exp), indent=1) + "\n")
 
-
-def _clean(x: object) -> object:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_clean(v) for v in x]
-    return x
