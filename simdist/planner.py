@@ -126,10 +126,10 @@ def _one(role: str, model: str, tp: int, pp: int, sched: SchedulerSpec) -> Clust
     return ClusterSpec(model, (InstanceSpec(role, tp, pp),), sched)
 
 
-def search_high(req: PlanRequest, profile: LatencyProfile, wl: Workload,
-                runner: TaskRunner) -> list[Candidate]:
-    need = max(p + o for p, o in zip(wl.prompt_lens, wl.output_lens, strict=True))
-    cfgs = parallel_configs(profile, req.model, req.num_gpus, req.gpus_per_node, need)
+def _alone_tasks(req: PlanRequest, profile: LatencyProfile, wl: Workload,
+                 cfgs: list[tuple[int, int]]) -> list[GoodputTask]:
+    """Goodput searches of one prefill instance (TTFT SLO only), then one decode instance (TPOT SLO
+    only), for every (tp, pp) in `cfgs`, in that order."""
     m = req.model
     tasks = [_task(f"prefill tp{tp} pp{pp}", _one("prefill", m, tp, pp, req.sched), req,
                    req.ttft_slo_ms, None, _guess(profile, m, tp, pp, wl), profile, wl)
@@ -137,7 +137,14 @@ def search_high(req: PlanRequest, profile: LatencyProfile, wl: Workload,
     tasks += [_task(f"decode tp{tp} pp{pp}", _one("decode", m, tp, pp, req.sched), req, None,
                     req.tpot_slo_ms, _guess(profile, m, tp, pp, wl, "decode", req.sched),
                     profile, wl) for tp, pp in cfgs]
-    alone = runner.run(tasks, "high affinity: instances alone")
+    return tasks
+
+
+def search_high(req: PlanRequest, profile: LatencyProfile, wl: Workload,
+                runner: TaskRunner) -> list[Candidate]:
+    need = max(p + o for p, o in zip(wl.prompt_lens, wl.output_lens, strict=True))
+    cfgs = parallel_configs(profile, req.model, req.num_gpus, req.gpus_per_node, need)
+    alone = runner.run(_alone_tasks(req, profile, wl, cfgs), "high affinity: instances alone")
     room = req.num_gpus - 1  # every group needs at least one GPU for the other phase
     top_p = _top([r for r in alone if r.label.startswith("prefill") and r.num_gpus <= room])
     top_d = _top([r for r in alone if r.label.startswith("decode") and r.num_gpus <= room])
@@ -211,14 +218,7 @@ def search_low(req: PlanRequest, profile: LatencyProfile, wl: Workload,
     tps = [tp for tp in profile.tps(req.model) if tp <= req.gpus_per_node]
     cfgs = [(tp, pp) for pp in range(1, req.num_nodes + 1) for tp in tps
             if profile.kv_capacity(req.model, tp, pp) >= need]
-    m_ = req.model
-    tasks = [_task(f"prefill tp{tp} pp{pp}", _one("prefill", m_, tp, pp, req.sched), req,
-                   req.ttft_slo_ms, None, _guess(profile, m_, tp, pp, wl), profile, wl)
-             for tp, pp in cfgs]
-    tasks += [_task(f"decode tp{tp} pp{pp}", _one("decode", m_, tp, pp, req.sched), req, None,
-                    req.tpot_slo_ms, _guess(profile, m_, tp, pp, wl, "decode", req.sched),
-                    profile, wl) for tp, pp in cfgs]
-    alone = runner.run(tasks, "low affinity: instances alone")
+    alone = runner.run(_alone_tasks(req, profile, wl, cfgs), "low affinity: instances alone")
     # (tp, pp) -> rate of one instance
     rp = {c: r.per_gpu_rps * c[0] * c[1] for c, r in zip(cfgs, alone[:len(cfgs)], strict=True)}
     rd = {c: r.per_gpu_rps * c[0] * c[1] for c, r in zip(cfgs, alone[len(cfgs):], strict=True)}
