@@ -102,6 +102,11 @@ def _i32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.int32).contiguous()
 
 
+def _native_device_ok(*tensors: torch.Tensor) -> bool:
+    """The tensors all sit on a device whose kernels _C was built with (CPU, or CUDA)."""
+    return (HAS_NATIVE and _on_cpu(*tensors)) or (HAS_CUDA_NATIVE and _on_cuda(*tensors))
+
+
 def _cache_ok(key_cache: torch.Tensor, value_cache: torch.Tensor) -> bool:
     return (
         key_cache.dtype in _ATTN_DTYPES
@@ -119,16 +124,7 @@ def reshape_and_cache(
     slot_mapping: torch.Tensor,  # [num_tokens], int64; -1 = skip
 ) -> None:
     if (
-        HAS_NATIVE
-        and _on_cpu(key, value, key_cache, value_cache, slot_mapping)
-        and key_cache.is_contiguous()
-        and value_cache.is_contiguous()
-    ):
-        torch.ops.distllm_C.reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
-        return
-    if (
-        HAS_CUDA_NATIVE
-        and _on_cuda(key, value, key_cache, value_cache, slot_mapping)
+        _native_device_ok(key, value, key_cache, value_cache, slot_mapping)
         and key_cache.is_contiguous()
         and value_cache.is_contiguous()
     ):
@@ -240,16 +236,7 @@ def copy_blocks(
 ) -> None:
     caches = [*key_caches, *value_caches]
     if (
-        HAS_NATIVE
-        and _on_cpu(*caches)
-        and all(c.is_contiguous() for c in caches)
-        and len({(c.shape, c.dtype) for c in caches}) <= 1
-    ):
-        torch.ops.distllm_C.copy_blocks(key_caches, value_caches, block_mapping)
-        return
-    if (
-        HAS_CUDA_NATIVE
-        and _on_cuda(*caches)
+        _native_device_ok(*caches)
         and all(c.is_contiguous() for c in caches)
         and len({(c.shape, c.dtype, c.device) for c in caches}) <= 1
     ):
