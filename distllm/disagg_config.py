@@ -1,5 +1,6 @@
 """The Ray-based engine's instances (`DisaggConfig`): prefill/decode (or colocated) instance counts,
-their TP x PP, where Ray runs and the decode pull policy; built from flags or a placement JSON.
+their TP x PP, where Ray runs, the decode pull policy and the KV transport (`--kv-transport`);
+built from flags or a placement JSON (the flags that the placement does not describe still apply).
 Pure Python, like distllm/config.py."""
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from distllm.config import check_positive_int
+from distllm.distributed.transport_select import KV_TRANSPORTS  # pure Python: no torch
 
 MODES = ("colocated", "disaggregated")
 
@@ -33,6 +35,9 @@ class DisaggConfig:
     decode_pull_threshold: float = 0.5
     step_timeout_s: float = 120.0  # a worker call running longer fails its requests
     num_threads_per_worker: int = 1  # torch threads in each worker process
+    # how KV moves between a prefill and a decode worker; auto: gloo on CPU, CUDA IPC on the
+    # same GPU, NCCL between GPUs. A forced choice that cannot connect a pair fails at start-up
+    kv_transport: str = "auto"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -50,6 +55,9 @@ class DisaggConfig:
                              f"{self.decode_pull_threshold}")
         if not self.step_timeout_s > 0:
             raise ValueError(f"step_timeout_s must be > 0, got {self.step_timeout_s}")
+        if self.kv_transport not in KV_TRANSPORTS:
+            raise ValueError(f"--kv-transport must be one of {KV_TRANSPORTS}, got "
+                             f"{self.kv_transport!r}")
 
     @classmethod
     def from_placement(cls, path: str, **overrides: Any) -> DisaggConfig:
@@ -78,6 +86,9 @@ class DisaggConfig:
             g.add_argument(f"--num-{stage}-instances", type=int, default=1,
                            help=f"number of {stage} instances")
         g.add_argument("--ray-address", default=None, help="join this Ray cluster")
+        g.add_argument("--kv-transport", default="auto", choices=KV_TRANSPORTS,
+                       help="KV migration transport: auto (gloo on CPU, CUDA IPC when prefill "
+                            "and decode share a GPU, NCCL between GPUs), or force one")
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> DisaggConfig | None:
@@ -85,10 +96,17 @@ class DisaggConfig:
         NOTE: `--placement` is declared by `distllm serve`; this reads it when present."""
         placement = getattr(ns, "placement", None)
         if placement:
-            return cls.from_placement(placement, ray_address=ns.ray_address)
+            return cls.from_placement(placement, ray_address=ns.ray_address,
+                                      kv_transport=_kv_transport(ns))
         if ns.mode is None:
             return None
         return cls(mode=ns.mode, prefill_tp=ns.prefill_tp, prefill_pp=ns.prefill_pp,
                    decode_tp=ns.decode_tp, decode_pp=ns.decode_pp,
                    num_prefill_instances=ns.num_prefill_instances,
-                   num_decode_instances=ns.num_decode_instances, ray_address=ns.ray_address)
+                   num_decode_instances=ns.num_decode_instances, ray_address=ns.ray_address,
+                   kv_transport=_kv_transport(ns))
+
+
+def _kv_transport(ns: argparse.Namespace) -> str:
+    """NOTE: parsers built before --kv-transport existed lack it: auto."""
+    return getattr(ns, "kv_transport", None) or "auto"

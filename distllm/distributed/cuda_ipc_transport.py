@@ -1,7 +1,8 @@
 """Same-node CUDA KV transport: the prefill worker gathers a slab on its GPU and sends only the
 slab's CUDA IPC handle (a few hundred bytes of JSON) over the gloo world group; the decode
 worker opens it, copies the slab device-to-device and acks, and only then may the sender reuse
-the slab. Peers on other nodes go through the fallback transport.
+the slab. Peers on other GPUs go through the fallback transport (NCCL pair groups, or gloo when
+forced; `process_groups.build_transport` wires it from the driver's `TransportPlan`).
 
     sender                              receiver
     gather slab (GPU), sync stream
@@ -18,15 +19,12 @@ import base64
 import hashlib
 import inspect
 import json
-import logging
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from distllm.distributed.kv_transport import KVTransport
-
-logger = logging.getLogger(__name__)
 
 # NOTE: the parameters of rebuild_cuda_tensor that are not plain JSON values; filled in locally
 _LOCAL_ARGS = ("tensor_cls", "storage_cls", "dtype")
@@ -87,11 +85,11 @@ def same_gpu_ranks(keys: list[int], rank: int) -> set[int]:
 
 
 class CudaIpcSlabTransport(KVTransport):
-    """KV slabs between GPU workers: CUDA IPC with same-node peers, `fallback` otherwise.
+    """KV slabs between GPU workers: CUDA IPC with the peers on this GPU, `fallback` otherwise.
 
     Args:
-        fallback: transport for peers on other nodes (gloo: via host memory).
-        local_peers: global ranks on this node.
+        fallback: transport for the other peers (NCCL pair groups; gloo: via host memory).
+        local_peers: global ranks on this worker's GPU.
         device: this worker's GPU.
         group: the gloo process group the small messages use (None: world).
     """
@@ -134,26 +132,3 @@ class CudaIpcSlabTransport(KVTransport):
         del remote
         dist.send(torch.ones(1, dtype=torch.int64), src_rank, self.group)
         return slab
-
-
-def exchange_keys(key: int, world_size: int) -> list[int]:
-    """Every rank's key (a collective on the world group: every rank must call it)."""
-    import torch.distributed as dist
-
-    keys = [torch.zeros(1, dtype=torch.int64) for _ in range(world_size)]
-    dist.all_gather(keys, torch.tensor([key], dtype=torch.int64))
-    return [int(k.item()) for k in keys]
-
-
-def make_cuda_transport(fallback: KVTransport, node_id: str, rank: int,
-                        world_size: int) -> CudaIpcSlabTransport:
-    """This GPU worker's transport: CUDA IPC with the ranks on its GPU (1P+1D sharing it),
-    `fallback` with the others. Collective: every rank of the world calls it."""
-    from distllm.distributed.transport_select import local_location
-
-    location = local_location(node_id, "cuda")
-    keys = exchange_keys(location_key(f"{location.node_id}/{location.gpu_uuid}"), world_size)
-    peers = same_gpu_ranks(keys, rank)
-    logger.info("rank %d: KV over CUDA IPC with ranks %s, %s with the others", rank,
-                sorted(peers), type(fallback).__name__)
-    return CudaIpcSlabTransport(fallback, peers, torch.device("cuda", torch.cuda.current_device()))

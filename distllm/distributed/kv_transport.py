@@ -1,6 +1,8 @@
 """KV migration: which (layer range x KV-head range) slab each decode worker receives from each
 prefill worker (`plan_migration`, pure Python), packing/unpacking slabs of paged caches, and the
-transports behind one interface: gloo (CPU, tested), NCCL and CUDA IPC (GPU, import-guarded).
+transports behind one interface: gloo (world group; CPU, or GPU through host memory), NCCL (one
+2-rank group per GPU pair; its code is tested over gloo pair groups on CPU), per-peer routing.
+CUDA IPC lives in cuda_ipc_transport.py; which pair uses which: transport_select.py.
 
 Worker index inside an instance: `pp_rank * tp + tp_rank`. A TP rank holds the KV heads
 `kv_head_range(num_kv_heads, tp_rank, tp)` (replicated when there are fewer KV heads than ranks)
@@ -124,25 +126,55 @@ class GlooTransport(KVTransport):
 
 
 class NcclTransport(KVTransport):
-    """torch.distributed point-to-point over an NCCL group (CUDA tensors, across nodes).
-    NOTE: written for GPU clusters; not exercised by the CPU test suite."""
+    """torch.distributed point-to-point over one 2-rank group per peer: NCCL groups between GPU
+    workers on different GPUs or nodes (CUDA tensors, no host staging). The same code runs over
+    gloo pair groups on CPU tensors (that is how the CPU tests exercise it).
 
-    def __init__(self, group: Any, device: torch.device) -> None:
-        if not torch.cuda.is_available():
-            raise RuntimeError("the NCCL KV transport needs CUDA")
-        self.group, self.device = group, device
+    Args:
+        groups: peer global rank -> the process group of {this rank, peer}.
+        device: this worker's device; slabs are sent from and received into it.
+    """
+
+    def __init__(self, groups: dict[int, Any], device: torch.device) -> None:
+        self.groups, self.device = groups, device
 
     def send(self, slab: torch.Tensor, dst_rank: int) -> None:
         import torch.distributed as dist
 
-        dist.send(slab.to(self.device), dst=dst_rank, group=self.group)
+        dist.send(slab.to(self.device), dst=dst_rank, group=self._group(dst_rank))
+        self._wait()  # NOTE: the send has completed: the caller may free the blocks
 
     def recv(self, shape: tuple[int, ...], dtype: torch.dtype, src_rank: int) -> torch.Tensor:
         import torch.distributed as dist
 
         slab = torch.empty(shape, dtype=dtype, device=self.device)
-        dist.recv(slab, src=src_rank, group=self.group)
+        dist.recv(slab, src=src_rank, group=self._group(src_rank))
+        self._wait()
         return slab
+
+    def _group(self, peer: int) -> Any:
+        group = self.groups.get(peer)
+        if group is None:
+            raise RuntimeError(f"no NCCL pair group with rank {peer} (not in the transport plan)")
+        return group
+
+    def _wait(self) -> None:
+        """NCCL's send/recv only order the current stream after the transfer: wait for it."""
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+
+
+class RoutedTransport(KVTransport):
+    """Per-peer transports: `routes[peer]` for the listed peers, `default` for the others."""
+
+    def __init__(self, routes: dict[int, KVTransport], default: KVTransport) -> None:
+        self.routes, self.default = routes, default  # peer global rank -> its transport
+
+    def send(self, slab: torch.Tensor, dst_rank: int) -> None:
+        self.routes.get(dst_rank, self.default).send(slab, dst_rank)
+
+    def recv(self, shape: tuple[int, ...], dtype: torch.dtype, src_rank: int) -> torch.Tensor:
+        return self.routes.get(src_rank, self.default).recv(shape, dtype, src_rank)
 
 
 class CudaIpcTransport:

@@ -1,10 +1,18 @@
 """torch.distributed setup of one worker process: the world group over every worker of every
-instance (gloo on CPU; KV migration runs point-to-point on it) and the TP group of its stage."""
+instance (gloo; KV between CPU workers, and the small CUDA IPC messages, go point-to-point on it),
+the TP group of its stage, one 2-rank NCCL group per GPU pair that migrates KV across GPUs, and
+the worker's KV transport built from the driver's `TransportPlan`."""
 from __future__ import annotations
 
 import socket
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from distllm.distributed.kv_transport import KVTransport
+    from distllm.distributed.transport_select import TransportPlan
 
 
 def find_free_port(host: str = "127.0.0.1") -> int:
@@ -43,6 +51,40 @@ def init_world(master_addr: str, master_port: int, rank: int, world_size: int,
             mine = group
     set_tp_group(mine)
     return mine
+
+
+def new_pair_groups(pairs: tuple[tuple[int, int], ...], rank: int,
+                    backend: str = "nccl") -> dict[int, Any]:
+    """Create one group per pair, every rank every group in the order given (collective over
+    the world: all ranks must call it with the same pairs). Returns peer rank -> the group of
+    this rank's pairs. NOTE: NCCL communicators are set up lazily, at a pair's first send."""
+    import torch.distributed as dist
+
+    mine = {}
+    for low, high in pairs:
+        group = dist.new_group([low, high], backend=backend)
+        if rank in (low, high):
+            mine[high if rank == low else low] = group
+    return mine
+
+
+def build_transport(plan: TransportPlan, rank: int, device: torch.device,
+                    pair_backend: str = "nccl") -> KVTransport:
+    """This worker's KV transport: NCCL pair groups with its "nccl" peers, CUDA IPC with its
+    "cuda_ipc" peers, gloo (world group) with the rest. Collective (creates the pair groups).
+    `pair_backend` "gloo" runs the NCCL transport's code on CPU (tests)."""
+    from distllm.distributed import kv_transport
+
+    gloo = kv_transport.GlooTransport()
+    groups = new_pair_groups(plan.nccl_pairs, rank, pair_backend)
+    nccl = kv_transport.NcclTransport(groups, device)
+    routed = kv_transport.RoutedTransport({peer: nccl for peer in groups}, gloo)
+    if device.type != "cuda":
+        return routed
+    from distllm.distributed.cuda_ipc_transport import CudaIpcSlabTransport
+
+    # NOTE: always wrapped on CUDA (empty local_peers: no IPC peer) so the type is alike
+    return CudaIpcSlabTransport(routed, plan.peers(rank, "cuda_ipc"), device)
 
 
 def destroy_world() -> None:

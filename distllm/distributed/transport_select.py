@@ -1,12 +1,16 @@
-"""Which KV transport a (prefill worker, decode worker) pair uses, from where each one runs:
-CUDA IPC when both use the same GPU (1P+1D sharing it), gloo otherwise (on GPUs it stages the
-slab through host memory; NOTE: an NCCL path for GPU pairs is not wired yet). Pure Python; the
-Ray workers apply the same rule in `cuda_ipc_transport.make_cuda_transport`."""
+"""Which KV transport each (prefill worker, decode worker) pair uses, from where each one runs and
+the `--kv-transport` choice: "auto" picks gloo on CPU, CUDA IPC when both use the same GPU (1P+1D
+sharing it), NCCL for GPUs otherwise (other GPU or other node; no host staging). "gloo" also
+works on GPUs (through host memory). Pure Python: the driver builds one `TransportPlan` for the
+whole world and hands it to every worker (`process_groups.build_transport` applies it)."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-TRANSPORTS = ("gloo", "cuda_ipc")
+KV_TRANSPORTS = ("auto", "gloo", "nccl", "cuda_ipc")  # what --kv-transport accepts
+TRANSPORTS = ("gloo", "nccl", "cuda_ipc")  # what a pair ends up using
+_FLAG = "--kv-transport"
 
 
 @dataclass(frozen=True)
@@ -18,12 +22,36 @@ class WorkerLocation:
     gpu_uuid: str | None = None  # the physical GPU (CUDA_VISIBLE_DEVICES renumbers indices)
 
 
-def choose_transport(src: WorkerLocation, dst: WorkerLocation) -> str:
-    """The transport that moves KV from `src` (prefill) to `dst` (decode)."""
+def check_kv_transport(requested: str, device: str) -> None:
+    """ValueError (naming the flag) when `requested` is unknown or cannot run on `device`."""
+    if requested not in KV_TRANSPORTS:
+        raise ValueError(f"{_FLAG} must be one of {KV_TRANSPORTS}, got {requested!r}")
+    if requested in ("nccl", "cuda_ipc") and device != "cuda":
+        raise ValueError(f"{_FLAG} {requested} needs CUDA workers (--device cuda), the "
+                         f"instances run on {device}: use {_FLAG} gloo or auto")
+
+
+def choose_transport(src: WorkerLocation, dst: WorkerLocation, requested: str = "auto") -> str:
+    """The transport that moves KV from `src` (prefill) to `dst` (decode). ValueError when the
+    devices differ or a forced `requested` transport cannot connect the two."""
     if src.device != dst.device:
         raise ValueError(f"prefill on {src.device} and decode on {dst.device}: both instances "
                          "must use the same device kind")
-    return "cuda_ipc" if is_same_gpu(src, dst) else "gloo"
+    check_kv_transport(requested, src.device)
+    same_gpu = is_same_gpu(src, dst)
+    if requested == "auto":
+        if src.device != "cuda":
+            return "gloo"
+        return "cuda_ipc" if same_gpu else "nccl"
+    if requested == "nccl" and same_gpu:
+        raise ValueError(f"{_FLAG} nccl: a prefill and a decode worker share GPU "
+                         f"{src.gpu_uuid} on {src.node_id}, and NCCL cannot connect two ranks on "
+                         f"one GPU: use {_FLAG} cuda_ipc or auto")
+    if requested == "cuda_ipc" and not same_gpu:
+        raise ValueError(f"{_FLAG} cuda_ipc: a prefill worker ({src.node_id}/{src.gpu_uuid}) and "
+                         f"a decode worker ({dst.node_id}/{dst.gpu_uuid}) are on different GPUs, "
+                         f"and IPC handles open only on the same GPU: use {_FLAG} nccl or auto")
+    return requested
 
 
 def is_same_gpu(src: WorkerLocation, dst: WorkerLocation) -> bool:
@@ -32,6 +60,50 @@ def is_same_gpu(src: WorkerLocation, dst: WorkerLocation) -> bool:
     IPC handles be opened: Ray shows each worker just its own GPU."""
     return (src.device == dst.device == "cuda" and src.node_id == dst.node_id
             and src.gpu_uuid is not None and src.gpu_uuid == dst.gpu_uuid)
+
+
+@dataclass(frozen=True)
+class TransportPlan:
+    """The transport of every migrating pair of the world, identical on every rank.
+
+    routes: ((src rank, dst rank), transport) of each prefill -> decode worker pair that moves
+        KV; pairs not listed use gloo.
+    nccl_pairs: (low rank, high rank) of each pair that needs its own 2-rank NCCL group, sorted.
+        NOTE: every rank creates these groups in this order (torch.distributed requires all
+        ranks to call new_group alike), so group creation cannot deadlock.
+    """
+
+    routes: tuple[tuple[tuple[int, int], str], ...] = ()
+    nccl_pairs: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        for (src, dst), transport in self.routes:
+            if transport not in TRANSPORTS or src == dst:
+                raise ValueError(f"bad KV route {src} -> {dst} over {transport!r}")
+        if list(self.nccl_pairs) != sorted(set(self.nccl_pairs)):
+            raise ValueError("nccl_pairs must be sorted and unique")
+
+    def peers(self, rank: int, transport: str) -> set[int]:
+        """The ranks `rank` exchanges KV with over `transport` (either direction)."""
+        out = set()
+        for (src, dst), used in self.routes:
+            if used == transport and rank in (src, dst):
+                out.add(dst if rank == src else src)
+        return out
+
+    def transport_between(self, src: int, dst: int) -> str:
+        return dict(self.routes).get((src, dst), "gloo")
+
+
+def plan_transports(pairs: Iterable[tuple[int, int]], locations: list[WorkerLocation],
+                    requested: str = "auto") -> TransportPlan:
+    """The plan for the migrating `pairs` ((prefill rank, decode rank)); `locations[r]` is where
+    rank r runs. ValueError (naming --kv-transport) when a forced transport cannot work."""
+    routes = {}
+    for src, dst in sorted(set(pairs)):
+        routes[(src, dst)] = choose_transport(locations[src], locations[dst], requested)
+    nccl = sorted({(min(p), max(p)) for p, used in routes.items() if used == "nccl"})
+    return TransportPlan(tuple(routes.items()), tuple(nccl))
 
 
 def local_location(node_id: str, device: str) -> WorkerLocation:

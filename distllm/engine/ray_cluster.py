@@ -1,5 +1,6 @@
 """Ray plumbing: join or start a cluster, one placement group per instance (its tp x pp workers
-kept together as the affinity asks), the world process group over every worker, model loading.
+kept together as the affinity asks), the world process group over every worker with the KV
+transport plan of every migrating worker pair (gloo / NCCL / CUDA IPC), model loading.
 """
 from __future__ import annotations
 
@@ -14,6 +15,13 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from distllm.config import EngineConfig
+from distllm.distributed.kv_transport import plan_migration
+from distllm.distributed.transport_select import (
+    TransportPlan,
+    WorkerLocation,
+    check_kv_transport,
+    plan_transports,
+)
 from distllm.worker.ray_worker import RemoteRayWorker
 
 logger = logging.getLogger(__name__)
@@ -41,6 +49,11 @@ class InstanceWorkers:
     workers: list[Any]  # RemoteRayWorker actor handles
     placement_group: Any
     ranks: list[int] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        """prefill, decode or colocated. NOTE: from the name, "<kind>-<index>" (instance_specs)."""
+        return self.name.rsplit("-", 1)[0]
 
 
 def gpu_share(config: EngineConfig) -> float:
@@ -77,8 +90,11 @@ def create_instance(name: str, config: EngineConfig, num_threads: int, affinity:
     return InstanceWorkers(name, config, workers, pg)
 
 
-def init_world(instances: list[InstanceWorkers], timeout_s: float) -> None:
-    """Number every worker, start the world group and each instance's TP groups."""
+def init_world(instances: list[InstanceWorkers], timeout_s: float,
+               kv_transport: str = "auto") -> None:
+    """Number every worker, plan the KV transport of every migrating pair (`kv_transport`: the
+    --kv-transport choice; ValueError naming it when it cannot work here), start the world group,
+    each instance's TP groups and the NCCL pair groups."""
     rank = 0
     tp_groups: list[list[int]] = []
     for inst in instances:
@@ -86,11 +102,43 @@ def init_world(instances: list[InstanceWorkers], timeout_s: float) -> None:
         rank += len(inst.workers)
         tp = inst.config.parallel.tp
         tp_groups += [inst.ranks[i:i + tp] for i in range(0, len(inst.ranks), tp)]
+    plan = plan_world_transports(instances, kv_transport, timeout_s)
     first = instances[0].workers[0]
     addr, port = ray.get(first.master_address.remote(), timeout=timeout_s)
-    refs = [w.init_distributed.remote(addr, port, r, rank, tp_groups)
+    refs = [w.init_distributed.remote(addr, port, r, rank, tp_groups, plan)
             for inst in instances for w, r in zip(inst.workers, inst.ranks, strict=True)]
     ray.get(refs, timeout=timeout_s)
+
+
+def plan_world_transports(instances: list[InstanceWorkers], kv_transport: str,
+                          timeout_s: float) -> TransportPlan:
+    """The transport plan of numbered instances. CPU workers are not asked where they run (gloo
+    only, or a ValueError for a forced GPU transport); CUDA workers report their GPU."""
+    for inst in instances:
+        check_kv_transport(kv_transport, inst.config.device)
+    workers = [w for inst in instances for w in inst.workers]
+    if all(inst.config.device != "cuda" for inst in instances):
+        locations = [WorkerLocation("", inst.config.device) for inst in instances
+                     for _ in inst.workers]
+    else:
+        locations = ray.get([w.location.remote() for w in workers], timeout=timeout_s)
+    plan = plan_transports(migration_pairs(instances), locations, kv_transport)
+    logger.info("KV transports (%s): %s", kv_transport, plan.routes)
+    return plan
+
+
+def migration_pairs(instances: list[InstanceWorkers]) -> list[tuple[int, int]]:
+    """(prefill rank, decode rank) of every worker pair a migration moves KV between (each
+    prefill instance to each decode instance, the slabs of `plan_migration`)."""
+    pairs = []
+    for src in (i for i in instances if i.kind == "prefill"):
+        for dst in (i for i in instances if i.kind == "decode"):
+            dims = src.config.model.dims
+            for t in plan_migration(dims.num_layers, dims.num_kv_heads, src.config.parallel.tp,
+                                    src.config.parallel.pp, dst.config.parallel.tp,
+                                    dst.config.parallel.pp):
+                pairs.append((src.ranks[t.src], dst.ranks[t.dst]))
+    return sorted(set(pairs))
 
 
 def load_models(inst: InstanceWorkers, num_blocks: int | None,

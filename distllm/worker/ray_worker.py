@@ -1,5 +1,6 @@
 """The Ray actor of one worker: a `Worker` for one (pp_rank, tp_rank) shard of an instance, its
-process groups, and its half of KV migrations.
+process groups, and its half of KV migrations (over the transport the driver's `TransportPlan`
+assigns each peer: gloo, NCCL or CUDA IPC).
 
 Two concurrency groups, one thread each: "compute" (cache moves and forwards, in submission
 order) and "migrate" (KV sends / receives, in submission order). A migration touches only blocks
@@ -19,6 +20,7 @@ from distllm.core.scheduler_output import ModelRunnerOutput, SchedulerOutput
 from distllm.distributed import kv_transport
 from distllm.distributed.kv_transport import SlabTransfer
 from distllm.distributed.parallel_info import ParallelInfo
+from distllm.distributed.transport_select import TransportPlan, WorkerLocation
 
 logger = logging.getLogger(__name__)
 
@@ -59,18 +61,28 @@ class RayWorker:
         ip = node_ip()
         return ip, find_free_port("0.0.0.0" if ip != "127.0.0.1" else ip)
 
+    def location(self) -> WorkerLocation:
+        """Where this worker runs (node, device, GPU): the driver plans the KV transports."""
+        from distllm.distributed.process_groups import node_ip
+        from distllm.distributed.transport_select import local_location
+
+        return local_location(node_ip(), self.config.device)
+
     def init_distributed(self, master_addr: str, master_port: int, rank: int, world_size: int,
-                         tp_groups: list[list[int]]) -> None:
-        from distllm.distributed.process_groups import init_world
+                         tp_groups: list[list[int]], plan: TransportPlan | None = None) -> None:
+        """Join the world, create the TP and KV pair groups (collective: every rank, same
+        arguments) and build the KV transport from `plan` (None: gloo with every peer)."""
+        from distllm.distributed.process_groups import build_transport, init_world
 
         init_world(master_addr, master_port, rank, world_size, tp_groups)
         self.rank = rank
-        self.transport = kv_transport.GlooTransport()
-        if self.config.device == "cuda":  # NOTE: alike on every rank: the collective is safe
-            from distllm.distributed.cuda_ipc_transport import make_cuda_transport
-            from distllm.distributed.process_groups import node_ip
-
-            self.transport = make_cuda_transport(self.transport, node_ip(), rank, world_size)
+        plan = plan or TransportPlan()
+        device = torch.device("cpu")
+        if self.config.device == "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
+        self.transport = build_transport(plan, rank, device)
+        logger.info("rank %d: KV over NCCL with %s, CUDA IPC with %s, gloo with the others",
+                    rank, sorted(plan.peers(rank, "nccl")), sorted(plan.peers(rank, "cuda_ipc")))
 
     def load_model(self) -> tuple[int, int]:
         """Build the shard and load its weights; returns (device, swap) blocks it affords."""
