@@ -10,6 +10,8 @@ what is left of the budget.
 When a running request cannot get a slot, the newest running request is preempted: swapped to
 CPU (`preemption_mode="swap"`, while swap space lasts) or recomputed (its blocks are freed and it
 goes back to the head of the waiting queue). Swapped requests come back before new admissions.
+With pp > 1 (`num_micro_batches`), requests in a step still in flight are skipped (neither
+scheduled nor preempted) and one step decodes at most its share of the running requests.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ class ColocatedScheduler(Scheduler):
                 self._schedule_prefills(out, budget)
             if not out.prefills:
                 self._schedule_decodes(out, budget)
-        return out
+        return self._mark_inflight(out)
 
     def _swap_in(self, out: SchedulerOutput) -> None:
         while self.swapped and len(self.running) < self.config.max_num_seqs:
@@ -87,17 +89,19 @@ class ColocatedScheduler(Scheduler):
             remaining = request.num_tokens - request.num_computed_tokens
             if budget <= 0:
                 break
-            if remaining > 1:
+            if remaining > 1 and not self.is_inflight(request):
                 num_tokens = min(remaining, budget)
                 out.prefills.append(scheduled_request(request, num_tokens))
                 budget -= num_tokens
         return budget
 
     def _schedule_decodes(self, out: SchedulerOutput, budget: int) -> int:
-        """One token for every running request whose prompt is in the cache, oldest first,
-        preempting the newest when blocks run out; returns the budget left."""
-        queue = deque(self.running)
-        while queue and budget > 0:
+        """One token for every running request whose prompt is in the cache and that is not in
+        flight, oldest first, up to its share of the micro-batches; preempts the newest of those
+        (never a request in flight) when blocks run out. Returns the budget left."""
+        queue = deque(r for r in self.running if not self.is_inflight(r))
+        max_decodes = self._max_decodes()
+        while queue and budget > 0 and len(out.decodes) < max_decodes:
             request = queue.popleft()
             if request.num_tokens - request.num_computed_tokens > 1:
                 continue  # mid-prefill (chunked): continued by _schedule_prefill_chunks

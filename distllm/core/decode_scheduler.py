@@ -8,7 +8,9 @@ pulled from a prefill instance.
 
 A request is pulled only while the migrated-but-waiting requests hold less than
 `pull_threshold` of the blocks and its own blocks fit above the watermark. The swap, preemption
-and decode-step mechanics are the colocated scheduler's (shared through subclassing).
+and decode-step mechanics are the colocated scheduler's (shared through subclassing), pipelined
+decode included (with pp > 1 each step decodes the running requests not in flight, at most its
+share of them).
 """
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ class DecodeScheduler(ColocatedScheduler):
     """Decode-only instance fed by KV migrations."""
 
     def __init__(self, config: SchedulerConfig, block_manager: BlockManager, max_model_len: int,
-                 pull_threshold: float = 0.5) -> None:
-        super().__init__(config, block_manager, max_model_len)
+                 pull_threshold: float = 0.5, num_micro_batches: int = 1) -> None:
+        super().__init__(config, block_manager, max_model_len, num_micro_batches)
         self.pull_threshold = pull_threshold
         self.migrating: dict[str, Request] = {}  # request id -> request whose KV is in flight
         self._abort_on_arrival: set[str] = set()  # ids aborted while their KV was in flight
@@ -85,7 +87,7 @@ class DecodeScheduler(ColocatedScheduler):
         self._admit(out)
         if not out.prefills:  # NOTE: a recompute step prefills only (no preemption under it)
             self._schedule_decodes(out, self.config.max_num_batched_tokens)
-        return out
+        return self._mark_inflight(out)
 
     def _admit(self, out: SchedulerOutput) -> None:
         """Move waiting requests to running in order. Migrated ones hold their blocks already

@@ -46,7 +46,7 @@ class PrefillScheduler(Scheduler):
             self._start_prefill(request, now)
             out.prefills.append(scheduled_request(request))
             budget -= request.num_tokens
-        return out
+        return self._mark_inflight(out)
 
     def update_from_output(self, scheduler_output: SchedulerOutput,
                            model_runner_output: ModelRunnerOutput) -> list[Request]:

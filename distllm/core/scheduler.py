@@ -1,6 +1,6 @@
-"""The scheduler interface every stage scheduler (colocated, and later prefill / decode) implements,
-with the bookkeeping they share: queues, the worker's view of a request, applying sampled tokens,
-finishing requests."""
+"""The scheduler interface every stage scheduler (colocated, prefill, decode) implements, with the
+bookkeeping they share: queues, the worker's view of a request, applying sampled tokens, finishing
+requests, and which requests are part of a step still in flight (pipeline parallelism)."""
 from __future__ import annotations
 
 import time
@@ -46,10 +46,20 @@ class Scheduler(ABC):
     One step is `schedule()` -> (the worker runs the SchedulerOutput) -> `update_from_output()`.
     Invariant: a request is in exactly one of `waiting`, `running`, `swapped`, or finished; only
     running (device) and swapped (CPU) requests hold blocks.
+
+    Up to `num_micro_batches` (the instance's pp) steps may be in flight at once: a request that
+    `schedule()` put in a step is in flight until `update_from_output()` (or `cancel_step()`) of
+    that step; it is never scheduled, preempted or swapped meanwhile, and when it finishes
+    (abort, stop string) meanwhile, its blocks are freed only once the step is back (the step
+    may still write them). Running decodes are shared out: one step takes at most
+    ceil(running / num_micro_batches) of them.
     """
 
     def __init__(self, config: SchedulerConfig, block_manager: BlockManager,
-                 max_model_len: int) -> None:
+                 max_model_len: int, num_micro_batches: int = 1) -> None:
+        if num_micro_batches < 1:
+            raise ValueError(f"num_micro_batches must be >= 1, got {num_micro_batches}")
+        self.num_micro_batches = num_micro_batches
         self.config = config
         self.block_manager = block_manager
         self.max_model_len = max_model_len
@@ -58,6 +68,8 @@ class Scheduler(ABC):
         self.running: list[Request] = []  # admission order, oldest first
         self.swapped: deque[Request] = deque()  # swap-out order, oldest first
         self._finished_ids: list[str] = []  # finished since the last schedule(), for the worker
+        self._inflight_ids: set[str] = set()  # ids of requests in a step not yet returned
+        self._free_on_return: dict[str, Request] = {}  # id -> finished while in flight
 
     @abstractmethod
     def schedule(self) -> SchedulerOutput:
@@ -69,6 +81,7 @@ class Scheduler(ABC):
         Returns the requests that got a token this step (finished ones included)."""
         now = time.monotonic()
         updated = []
+        self.cancel_step(scheduler_output)
         for scheduled in scheduler_output.scheduled:
             request = self.requests.get(scheduled.request_id)
             if request is None:  # finished (aborted) after it was scheduled
@@ -86,8 +99,26 @@ class Scheduler(ABC):
             updated.append(request)
         return updated
 
+    def cancel_step(self, scheduler_output: SchedulerOutput) -> None:
+        """The step is back (or will never be, e.g. a worker failed): its requests may be
+        scheduled again, and those finished while it was in flight give their blocks back."""
+        for scheduled in scheduler_output.scheduled:
+            self._inflight_ids.discard(scheduled.request_id)
+            finished = self._free_on_return.pop(scheduled.request_id, None)
+            if finished is not None:
+                self.block_manager.free(finished)
+
+    def is_inflight(self, request: Request) -> bool:
+        """Whether the request is part of a scheduled step whose result has not come back."""
+        return request.request_id in self._inflight_ids
+
+    @property
+    def has_blocks_pending_free(self) -> bool:
+        """Requests finished while in flight still hold blocks (freed when their step is back)."""
+        return bool(self._free_on_return)
+
     def add_request(self, request: Request) -> None:
-        if request.request_id in self.requests:
+        if request.request_id in self.requests or request.request_id in self._inflight_ids:
             raise ValueError(f"request id {request.request_id!r} is already running")
         request.status = RequestStatus.WAITING
         self.requests[request.request_id] = request
@@ -130,12 +161,26 @@ class Scheduler(ABC):
             self.swapped.remove(request)
         elif request in self.waiting:
             self.waiting.remove(request)
-        self.block_manager.free(request)
+        if self.is_inflight(request):  # NOTE: its step may still write its blocks
+            self._free_on_return[request.request_id] = request
+        else:
+            self.block_manager.free(request)
         request.status = status
         del self.requests[request.request_id]
         self._finished_ids.append(request.request_id)
         if request.lifetime.get(LifecycleEvent.PREFILL_END) is not None:
             request.lifetime.record(LifecycleEvent.DECODE_END, time.monotonic())
+
+    def _mark_inflight(self, out: SchedulerOutput) -> SchedulerOutput:
+        """Called by schedule() on its result: every scheduled request is now in flight."""
+        for scheduled in out.scheduled:
+            assert scheduled.request_id not in self._inflight_ids, scheduled.request_id
+            self._inflight_ids.add(scheduled.request_id)
+        return out
+
+    def _max_decodes(self) -> int:
+        """Running requests one step may decode: an even share of the micro-batches."""
+        return -(-len(self.running) // self.num_micro_batches)
 
     def _take_finished_ids(self) -> list[str]:
         ids, self._finished_ids = self._finished_ids, []

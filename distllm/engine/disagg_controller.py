@@ -5,9 +5,10 @@ KV migration bookkeeping, failures, and the same step interface as `LLMEngine`.
         --> awaiting a pull (blocks held on the prefill instance)
         --> a decode instance pulls it (can_pull) --> migration in flight (both sides' blocks)
         --> migration done: prefill frees its blocks; decode admits the request --> tokens
-Each instance has at most one step in flight and advances on its own; `step()` waits (briefly)
-for whatever finishes first. A worker error fails the affected requests with a message; a worker
-call that outlives `step_timeout_s` marks its instance dead and fails its requests.
+Each instance keeps up to pp steps (micro-batches) in flight and advances on its own; `step()`
+waits (briefly) for whatever finishes first. A worker error fails the affected requests with a
+message; a worker call that outlives `step_timeout_s` marks its instance dead and fails its
+requests.
 """
 from __future__ import annotations
 
@@ -138,8 +139,9 @@ class DisaggEngine:
             if held is not None:
                 held[1].scheduler.finish_requests(request_id, status)
 
-    def has_unfinished_requests(self) -> bool:
-        return bool(self._holders or self._migrations)
+    def has_unfinished_requests(self) -> bool:  # NOTE: also while finished ones hold blocks
+        return bool(self._holders or self._migrations) or any(
+            i.scheduler.has_blocks_pending_free for i in self.instances)
 
     @property
     def num_unfinished_requests(self) -> int:
@@ -152,16 +154,16 @@ class DisaggEngine:
 
     # ---- the step ---------------------------------------------------------------------------
     def step(self, timeout_s: float = 0.005) -> list[RequestOutput]:
-        """Start what can start (pulls, one step per idle instance), wait up to `timeout_s` for
-        any step or migration to finish, apply the results; outputs of requests that changed."""
+        """Start what can start (pulls, steps while pipelines have room), wait up to `timeout_s`
+        for any step or migration to finish, apply the results; outputs of changed requests."""
         self._start_pulls()
         for inst in self.instances:
-            inst.step_once()
+            inst.fill_pipeline()
         updated = self._collect(timeout_s)
         self._check_timeouts()
         self._start_pulls()
         for inst in self.instances:
-            inst.step_once()
+            inst.fill_pipeline()
         # NOTE: the processor stops requests on stop strings through our finish_requests
         outputs = self.output_processor.process(updated, self)  # type: ignore[arg-type]
         for output in outputs:
@@ -171,8 +173,9 @@ class DisaggEngine:
         return outputs
 
     def _collect(self, timeout_s: float) -> list[Request]:
-        pending: list[tuple[Any, list[Any]]] = [(i, i.inflight[0].refs) for i in self.instances
-                                                if i.inflight]
+        # NOTE: an instance's steps are listed in submission order, the order they complete in
+        pending: list[tuple[Any, list[Any]]] = [(i, s.refs) for i in self.instances
+                                                for s in i.inflight]
         pending += [(m, m.refs) for m in self._migrations.values()]
         refs = [ref for _, rs in pending for ref in rs]
         if not refs:
@@ -196,12 +199,13 @@ class DisaggEngine:
         step = inst.inflight.pop(0)  # NOTE: a worker runs its steps in submission order
         try:
             result = ray.get(step.refs, timeout=self.disagg.step_timeout_s)[0]
-        except ray.exceptions.RayActorError as e:
-            self._kill_instance(inst, f"worker of {inst.name} died: {e}")
-            return []
         except ray.exceptions.RayError as e:
-            ids = [r.request_id for r in step.scheduler_output.scheduled]
-            self._fail(inst, ids, f"{inst.name} step failed: {e}")
+            inst.scheduler.cancel_step(step.scheduler_output)
+            if isinstance(e, ray.exceptions.RayActorError):
+                self._kill_instance(inst, f"worker of {inst.name} died: {e}")
+            else:
+                ids = [r.request_id for r in step.scheduler_output.scheduled]
+                self._fail(inst, ids, f"{inst.name} step failed: {e}")
             return []
         updated = inst.scheduler.update_from_output(step.scheduler_output, result.output)
         if inst.kind == "prefill":
@@ -268,6 +272,8 @@ class DisaggEngine:
         logger.warning("%d request(s) failed: %s", len(request_ids), message)
 
     def _kill_instance(self, inst: StageEngine, reason: str) -> None:
+        for step in inst.inflight:  # NOTE: never coming back; their blocks are free to go
+            inst.scheduler.cancel_step(step.scheduler_output)
         inst.dead_reason, inst.inflight = reason, []
         self._fail(inst, list(inst.scheduler.requests), reason)
         for m in [m for m in self._migrations.values() if inst in (m.src, m.dst)]:

@@ -3,8 +3,11 @@ manager, driving the instance's tp x pp Ray workers.
 
     submit(schedule()):  stage 0 workers --hidden (Ray object refs)--> stage 1 ... --> last stage
     TP ranks of a stage run the same SchedulerOutput in lockstep (all-reduce over their gloo
-    group); TP rank 0 of the last stage returns the sampled tokens. A prefill instance keeps up
-    to pp micro-batches in the pipeline at once.
+    group); TP rank 0 of the last stage returns the sampled tokens.
+Every instance kind keeps up to pp micro-batches (steps) in the pipeline at once, so stage k
+runs step i while stage k+1 runs step i-1; each worker runs its steps in submission order. The
+scheduler puts a request in at most one step in flight (its next token depends on the sampled
+one) and shares the running decodes out among the steps; pp=1 keeps one step at a time.
 """
 from __future__ import annotations
 
@@ -48,17 +51,18 @@ class StageEngine:
         self.block_manager = BlockManager(num_blocks, config.cache.block_size,
                                           config.cache.watermark, num_swap_blocks)
         args = (config.scheduler, self.block_manager, config.model.max_seq_len)
+        micro = dict(num_micro_batches=config.parallel.pp)
         self.scheduler: Scheduler
         if kind == "prefill":
-            self.scheduler = PrefillScheduler(*args)
+            self.scheduler = PrefillScheduler(*args, **micro)
         elif kind == "decode":
-            self.scheduler = DecodeScheduler(*args, pull_threshold=disagg.decode_pull_threshold)
+            self.scheduler = DecodeScheduler(*args, pull_threshold=disagg.decode_pull_threshold,
+                                             **micro)
         else:
-            self.scheduler = ColocatedScheduler(*args)
+            self.scheduler = ColocatedScheduler(*args, **micro)
         self.inflight: list[InflightStep] = []  # submission order
-        # NOTE: a prefill scheduler only ever schedules waiting requests, so a pipelined prefill
-        # instance keeps up to pp micro-batches in flight; decode and colocated keep one.
-        self.max_inflight = self.pp if kind == "prefill" else 1
+        self.max_inflight = self.pp  # NOTE: one micro-batch per pipeline stage
+        self.peak_inflight = 0  # most steps in flight at once so far
         self.dead_reason: str | None = None  # set when a worker died or hung
 
     @property
@@ -82,7 +86,16 @@ class StageEngine:
                 or out.blocks_to_copy or out.finished_request_ids):
             return False
         self.inflight.append(InflightStep(self.submit(out), out, time.monotonic()))
+        self.peak_inflight = max(self.peak_inflight, len(self.inflight))
         return True
+
+    def fill_pipeline(self) -> int:
+        """Submit steps while the pipeline has room and the scheduler has work; returns how
+        many were submitted (at most one with pp=1)."""
+        submitted = 0
+        while self.step_once():
+            submitted += 1
+        return submitted
 
     def submit(self, scheduler_output: SchedulerOutput) -> list[Any]:
         """Run the step on every worker, stage after stage; returns the last stage's refs."""
@@ -106,7 +119,8 @@ class StageEngine:
         out = {"kind": self.kind, "num_running": len(s.running), "num_waiting": len(s.waiting),
                "num_swapped": len(s.swapped), "num_blocks": bm.num_blocks,
                "num_free_blocks": bm.num_free_blocks,
-               "num_free_swap_blocks": bm.num_free_swap_blocks, "alive": self.is_alive}
+               "num_free_swap_blocks": bm.num_free_swap_blocks, "alive": self.is_alive,
+               "num_inflight_steps": len(self.inflight), "peak_inflight_steps": self.peak_inflight}
         if isinstance(s, DecodeScheduler):
             out["num_migrating"] = len(s.migrating)
         return out
