@@ -49,3 +49,24 @@ def test_flags_and_placement(tmp_path: Path, tiny_gqa: Path) -> None:
         ("decode", "decode-0", 2, 1, 8)]
     colocated = instance_specs(config, DisaggConfig(mode="colocated", num_decode_instances=2))
     assert [k for k, _, _ in colocated] == ["colocated", "colocated"]
+
+
+def test_kv_transport_flag(tmp_path: Path) -> None:
+    assert DisaggConfig().kv_transport == "auto"
+    with pytest.raises(ValueError, match="--kv-transport must be one of"):
+        DisaggConfig(kv_transport="rdma")
+    d = DisaggConfig.from_cli_args(_parse(["--mode", "disaggregated", "--kv-transport", "nccl"]))
+    assert d.kv_transport == "nccl"
+    assert DisaggConfig.from_cli_args(_parse(["--mode", "colocated"])).kv_transport == "auto"
+    with pytest.raises(SystemExit):  # argparse refuses an unknown choice
+        _parse(["--kv-transport", "tcp"])
+    path = tmp_path / "placement.json"
+    path.write_text(json.dumps({"model": "m", "mode": "disaggregated",
+                                "prefill": {"tp": 1, "pp": 1, "instances": 1},
+                                "decode": {"tp": 1, "pp": 1, "instances": 1}}))
+    d = DisaggConfig.from_cli_args(_parse(["--placement", str(path), "--kv-transport", "gloo"]))
+    assert d.kv_transport == "gloo"  # the placement says where; the flag says how KV moves
+    old = argparse.Namespace(placement=None, mode="disaggregated", prefill_tp=1, prefill_pp=1,
+                             decode_tp=1, decode_pp=1, num_prefill_instances=1,
+                             num_decode_instances=1, ray_address=None)
+    assert DisaggConfig.from_cli_args(old).kv_transport == "auto"  # a parser without the flag
