@@ -57,7 +57,8 @@ def new_pair_groups(pairs: tuple[tuple[int, int], ...], rank: int,
                     backend: str = "nccl") -> dict[int, Any]:
     """Create one group per pair, every rank every group in the order given (collective over
     the world: all ranks must call it with the same pairs). Returns peer rank -> the group of
-    this rank's pairs. NOTE: NCCL communicators are set up lazily, at a pair's first send."""
+    this rank's pairs. NOTE: NCCL sets a pair's communicator up at its first send
+    (`warm_up_pairs` does that at start-up)."""
     import torch.distributed as dist
 
     mine = {}
@@ -68,16 +69,33 @@ def new_pair_groups(pairs: tuple[tuple[int, int], ...], rank: int,
     return mine
 
 
+def warm_up_pairs(pairs: tuple[tuple[int, int], ...], rank: int,
+                  transport: KVTransport, device: torch.device) -> None:
+    """One 1-element transfer over each of this rank's pairs, low rank to high, in the plan's
+    order: the NCCL communicators form now (a broken link fails start-up, and the first
+    migration does not pay for it). NOTE: deadlock-free: the earliest unfinished pair of the
+    sorted list has both ranks done with all their earlier pairs, so both are at it."""
+    import torch
+
+    for low, high in pairs:
+        if rank == low:
+            transport.send(torch.ones(1, device=device), high)
+        elif rank == high and transport.recv((1,), torch.float32, low).item() != 1.0:
+            raise RuntimeError(f"KV pair group {low}-{high}: warm-up sent a wrong value")
+
+
 def build_transport(plan: TransportPlan, rank: int, device: torch.device,
                     pair_backend: str = "nccl") -> KVTransport:
     """This worker's KV transport: NCCL pair groups with its "nccl" peers, CUDA IPC with its
-    "cuda_ipc" peers, gloo (world group) with the rest. Collective (creates the pair groups).
+    "cuda_ipc" peers, gloo (world group) with the rest. Collective (creates and warms up the
+    pair groups).
     `pair_backend` "gloo" runs the NCCL transport's code on CPU (tests)."""
     from distllm.distributed import kv_transport
 
     gloo = kv_transport.GlooTransport()
     groups = new_pair_groups(plan.nccl_pairs, rank, pair_backend)
     nccl = kv_transport.NcclTransport(groups, device)
+    warm_up_pairs(plan.nccl_pairs, rank, nccl, device)
     routed = kv_transport.RoutedTransport({peer: nccl for peer in groups}, gloo)
     if device.type != "cuda":
         return routed

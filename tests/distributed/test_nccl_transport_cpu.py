@@ -38,3 +38,32 @@ def test_nccl_transport_refuses_a_peer_outside_the_plan() -> None:
     transport = NcclTransport({}, torch.device("cpu"))
     with pytest.raises(RuntimeError, match="not in the transport plan"):
         transport.send(torch.zeros(2), 3)
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    def send(self, slab: object, dst_rank: int) -> None:
+        self.calls.append(("send", dst_rank))
+
+    def recv(self, shape: tuple[int, ...], dtype: object, src_rank: int) -> object:
+        import torch
+
+        self.calls.append(("recv", src_rank))
+        return torch.ones(shape)
+
+
+def test_warm_up_follows_the_plan_order() -> None:
+    import torch
+
+    from distllm.distributed.process_groups import warm_up_pairs
+
+    pairs = ((0, 2), (0, 3), (1, 2), (2, 3))
+    calls = {}
+    for rank in range(4):
+        transport = RecordingTransport()
+        warm_up_pairs(pairs, rank, transport, torch.device("cpu"))  # type: ignore[arg-type]
+        calls[rank] = transport.calls
+    assert calls[2] == [("recv", 0), ("recv", 1), ("send", 3)]
+    assert calls[0] == [("send", 2), ("send", 3)] and calls[3] == [("recv", 0), ("recv", 2)]
