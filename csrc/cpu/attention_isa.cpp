@@ -11,7 +11,10 @@
 //   rows path (R >= 8): SIMD lanes over query rows, q transposed to [D, R]: s[t, r:r+W] +=
 //     k[t, d] * qt[d, r:r+W]; no horizontal sums; the softmax is vectorised over rows too;
 //   dot path (R < 8, e.g. MHA decode): SIMD over head_dim with a horizontal sum per (row, key).
-// Both accumulate P.V per row with the accumulator slice held in registers.
+// Both accumulate P.V per row with the accumulator slice held in registers; with a bf16 cache and
+// query on AVX-512-BF16, K is scored and V accumulated straight from the raw bf16 rows by
+// vdpbf16ps (V as pairs of keys, probabilities rounded to bf16), with no conversion pass.
+// The next tile's K/V rows are prefetched a line at a time from inside the score loops.
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,16 +49,19 @@ struct Scratch {
   float* limf;    // [rpad], lim as float (rows path), -1 for padding rows
   int64_t* lim;   // [rpad], last key position the row may attend to (causal)
   float* kbuf;    // [kTile, D], converted K rows (non-fp32 caches)
-  float* vbuf;    // [kTile, D], converted V rows
+  float* vbuf;    // [kTile, D], converted V rows; bf16 P.V: [kTile / 2, D] V row pairs
+  uint32_t* pp;   // bf16 P.V: [kTile / 2, rpad], probabilities of key pairs as bf16 pairs
   const float* krow[kTile];  // row pointers of the current tile (into kbuf or the source)
   const float* vrow[kTile];
   uint32_t* qt2;  // [D / 2, rpad], unscaled q as bf16 pairs (d = 2i low, 2i + 1 high)
   const uint16_t* krow_raw[kTile];  // raw bf16 K rows of the tile (bf16 scores)
+  const uint16_t* vrow_raw[kTile];  // raw bf16 V rows of the tile (bf16 P.V)
   const char* pfk[kTile];  // K / V rows of the tile after this one, prefetched while this one is
   const char* pfv[kTile];  // scored (see prefetch_rows); the current rows when there is none
   int pf_lines;            // 64-byte lines per K (and V) row
   bool bf16_scores;    // task: scores of bf16 K tiles by bf16 dot products (exact products)
   bool tile_raw_bf16;  // tile: krow_raw is set and K was not converted
+  bool bf16_pv;        // task: with bf16_scores, P.V of raw bf16 V by bf16 dot products too
   float scale;
   int64_t R;      // rows of the current task
   int64_t rpad;   // R rounded up to rw (rows path)
@@ -65,7 +71,7 @@ struct Scratch {
 
 Scratch alloc_scratch(int64_t max_rows, int64_t D) {
   const int64_t rp = (max_rows + 15) / 16 * 16;
-  const int64_t floats = rp * (4 * D + kTile + 3) + 2 * kTile * D;
+  const int64_t floats = rp * (4 * D + kTile + kTile / 2 + 3) + 2 * kTile * D;
   const size_t bytes = ((floats * 4 + rp * 8) / 64 + 1) * 64;
   Scratch sc;
   float* p = static_cast<float*>(aligned_alloc(64, bytes));
@@ -77,7 +83,8 @@ Scratch alloc_scratch(int64_t max_rows, int64_t D) {
   sc.kbuf = sc.acc + rp * D;
   sc.vbuf = sc.kbuf + kTile * D;
   sc.s = sc.vbuf + kTile * D;
-  sc.m = sc.s + rp * kTile;
+  sc.pp = reinterpret_cast<uint32_t*>(sc.s + rp * kTile);
+  sc.m = sc.s + rp * kTile + rp * kTile / 2;
   sc.l = sc.m + rp;
   sc.limf = sc.l + rp;
   sc.lim = reinterpret_cast<int64_t*>(sc.limf + rp);  // offset is even: 8-byte aligned
@@ -101,6 +108,7 @@ void begin_rows(Scratch& sc, int64_t R, int64_t D, float scale, bool q_is_bf16) 
   sc.rw = R >= 16 && kVec >= 16 ? 16 : (R >= 8 ? (kVec >= 8 ? 8 : 4) : 0);
   sc.rpad = sc.rw ? (R + sc.rw - 1) / sc.rw * sc.rw : R;
   sc.bf16_scores = kHasBf16Dot && q_is_bf16 && sc.rw >= 8 && D % 2 == 0;
+  sc.bf16_pv = sc.bf16_scores && D % 32 == 0;
   sc.tile_raw_bf16 = false;
   sc.pf_lines = 0;
   for (int64_t r = 0; r < sc.rpad; ++r) {
@@ -222,8 +230,12 @@ void load_paged_tile(Scratch& sc, const PagedKV& kv, const int32_t* table, int64
       sc.vrow[t] = reinterpret_cast<const float*>(vrow);
     } else if (kIsBf16<E> && sc.bf16_scores) {
       sc.krow_raw[t] = reinterpret_cast<const uint16_t*>(krow);  // scored as bf16
-      convert_row<E>(vrow, sc.vbuf + t * D, D);
-      sc.vrow[t] = sc.vbuf + t * D;
+      if (sc.bf16_pv) {
+        sc.vrow_raw[t] = reinterpret_cast<const uint16_t*>(vrow);  // paired in rows_pv_bf16
+      } else {
+        convert_row<E>(vrow, sc.vbuf + t * D, D);
+        sc.vrow[t] = sc.vbuf + t * D;
+      }
     } else {
       convert_row<E>(krow, sc.kbuf + t * D, D);
       convert_row<E>(vrow, sc.vbuf + t * D, D);
