@@ -38,7 +38,9 @@ class DecodeScheduler(ColocatedScheduler):
     def can_pull(self, request: Request) -> AllocStatus:
         """Whether to start pulling `request` now (OK), later, or never (it cannot fit)."""
         status = self.block_manager.can_allocate(request)
-        if status is not AllocStatus.OK or self.swapped:  # swapped requests come back first
+        # NOTE: swapped requests come back first; and the device blocks a swap-out in flight
+        # freed may not be copied out yet, while a migration would write them concurrently.
+        if status is not AllocStatus.OK or self.swapped or self.num_inflight_swap_outs:
             return AllocStatus.LATER if status is AllocStatus.OK else status
         held = sum(len(r.block_table) for r in self.waiting) + sum(
             len(r.block_table) for r in self.migrating.values())

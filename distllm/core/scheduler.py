@@ -70,6 +70,7 @@ class Scheduler(ABC):
         self._finished_ids: list[str] = []  # finished since the last schedule(), for the worker
         self._inflight_ids: set[str] = set()  # ids of requests in a step not yet returned
         self._free_on_return: dict[str, Request] = {}  # id -> finished while in flight
+        self.num_inflight_swap_outs = 0  # steps in flight that swap blocks out
 
     @abstractmethod
     def schedule(self) -> SchedulerOutput:
@@ -102,6 +103,7 @@ class Scheduler(ABC):
     def cancel_step(self, scheduler_output: SchedulerOutput) -> None:
         """The step is back (or will never be, e.g. a worker failed): its requests may be
         scheduled again, and those finished while it was in flight give their blocks back."""
+        self.num_inflight_swap_outs -= bool(scheduler_output.blocks_to_swap_out)
         for scheduled in scheduler_output.scheduled:
             self._inflight_ids.discard(scheduled.request_id)
             finished = self._free_on_return.pop(scheduled.request_id, None)
@@ -173,6 +175,7 @@ class Scheduler(ABC):
 
     def _mark_inflight(self, out: SchedulerOutput) -> SchedulerOutput:
         """Called by schedule() on its result: every scheduled request is now in flight."""
+        self.num_inflight_swap_outs += bool(out.blocks_to_swap_out)
         for scheduled in out.scheduled:
             assert scheduled.request_id not in self._inflight_ids, scheduled.request_id
             self._inflight_ids.add(scheduled.request_id)

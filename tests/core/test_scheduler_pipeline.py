@@ -9,7 +9,7 @@ from collections import deque
 import pytest
 
 from distllm.config import SchedulerConfig
-from distllm.core.block_manager import BlockManager
+from distllm.core.block_manager import AllocStatus, BlockManager
 from distllm.core.colocated_scheduler import ColocatedScheduler
 from distllm.core.decode_scheduler import DecodeScheduler
 from distllm.core.request_state import RequestStatus
@@ -198,15 +198,25 @@ def test_random_pipelined_runs_leak_no_block(seed: int, mode: str, num_swap_bloc
     assert not scheduler.has_blocks_pending_free
 
 
-def test_decode_scheduler_shares_migrated_requests_among_micro_batches() -> None:
-    config = SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64)
-    decode = DecodeScheduler(config, BlockManager(32, 4, 0.0), 512, num_micro_batches=2)
-    requests = create_requests(4, prompt_len=6, max_tokens=4)
+def _decode(num_blocks: int, num_swap_blocks: int = 0) -> DecodeScheduler:
+    config = SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=64, preemption_mode="swap")
+    return DecodeScheduler(config, BlockManager(num_blocks, 4, 0.0, num_swap_blocks), 512,
+                           pull_threshold=1.0, num_micro_batches=2)
+
+
+def _migrated(decode: DecodeScheduler, num_requests: int, prompt_len: int) -> list:
+    requests = create_requests(num_requests, prompt_len=prompt_len, max_tokens=4)
     for r in requests:
         r.append_output_token(7, 0.0)  # token #1 came from the prefill instance
-        r.num_computed_tokens = 6
+        r.num_computed_tokens = prompt_len
         decode.start_migration(r)
         decode.finish_migration(r.request_id)
+    return requests
+
+
+def test_decode_scheduler_shares_migrated_requests_among_micro_batches() -> None:
+    decode = _decode(32)
+    requests = _migrated(decode, 4, prompt_len=6)
     first, second = decode.schedule(), decode.schedule()
     assert _ids(first) == ["req0", "req1"] and _ids(second) == ["req2", "req3"]
     decode.finish_requests("req3", RequestStatus.FINISHED_ABORTED)
@@ -218,3 +228,20 @@ def test_decode_scheduler_shares_migrated_requests_among_micro_batches() -> None
     assert _run_pipelined(decode, 2, random.Random(0), abort_p=0.0) == 2
     assert [r.num_output_tokens for r in requests] == [4, 4, 4, 1]
     assert decode.block_manager.num_free_blocks == 32
+
+
+def test_decode_pulls_wait_for_a_swap_out_in_flight() -> None:
+    decode = _decode(7, num_swap_blocks=16)
+    _migrated(decode, 3, prompt_len=7)  # 8 tokens: 2 blocks each, 6 of 7 used
+    first, second = decode.schedule(), decode.schedule()  # req0 + req1, req2: no new block
+    decode.update_from_output(first, fake_output(first))
+    third = decode.schedule()  # req0 takes the last block; req1 has none left: swapped out
+    assert _ids(third) == ["req0"] and third.blocks_to_swap_out
+    decode.finish_requests("req1", RequestStatus.FINISHED_ABORTED)  # nothing swapped now
+    (new,) = create_requests(1, prompt_len=3, prefix="new")
+    assert decode.block_manager.can_allocate(new) is AllocStatus.OK
+    # NOTE: the device blocks that swap-out freed are not copied out until its step is back
+    assert decode.can_pull(new) is AllocStatus.LATER
+    decode.update_from_output(second, fake_output(second))
+    decode.update_from_output(third, fake_output(third))
+    assert decode.can_pull(new) is AllocStatus.OK
