@@ -27,6 +27,16 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evaluation.validate_report import (  # noqa: E402,F401 - re-exported (demo, tests)
+    TERMS,
+    compare,
+    format_report,
+    median_metrics,
+    metrics_of,
+    passes,
+    plot,
+)
+
 logger = logging.getLogger("validate_simulator")
 DEFAULT_PROFILE = "cpu-demo"
 # mode -> (`distllm serve` flags, simulated instance roles)
@@ -36,7 +46,6 @@ MODES = {"disaggregated": (["--mode", "disaggregated"], ("prefill", "decode")),
 # the engine's scheduler limits (serve defaults); the simulator gets the same
 SERVE_FLAGS = ["--num-kv-blocks", "2048", "--max-num-seqs", "64",
                "--max-num-batched-tokens", "4096"]
-TERMS = ("queueing", "prefill", "transfer", "decode")
 SCHED_LIMITS = dict(max_prefill_tokens=4096, max_batch_size=64)  # as SERVE_FLAGS
 
 
@@ -78,39 +87,6 @@ def sched_spec():  # noqa: ANN201 - simdist.cluster.SchedulerSpec, imported lazi
     from simdist.cluster import SchedulerSpec
 
     return SchedulerSpec(**SCHED_LIMITS)
-
-
-def metrics_of(exp_path: Path, slo: tuple[float, float]) -> dict:
-    from distllm.metrics import percentile, slo_attainment
-    from evaluation.exp_format import load_exp
-    from simdist.calibrate import lifecycle_terms
-
-    run = load_exp(exp_path)
-    ok = [r for r in run.records if r.ok]
-    out = {"attainment": slo_attainment(run.records, *slo), "completed": len(ok),
-           "failed": len(run.records) - len(ok)}
-    for name in ("ttft", "tpot"):
-        values = [getattr(r, name) for r in ok]
-        for q in (50, 90):
-            out[f"p{q}_{name}_ms"] = 1e3 * percentile(values, q) if values else float("nan")
-    out["terms_ms"] = lifecycle_terms(run.records, run.lifetimes)
-    return out
-
-
-def compare(real: dict, sim: dict) -> dict:
-    """Errors of the simulation against the measurement, and the term that is most off."""
-    err = {"attainment_pp": 100 * (sim["attainment"] - real["attainment"])}
-    for key in ("p50_ttft_ms", "p90_ttft_ms", "p50_tpot_ms", "p90_tpot_ms"):
-        err[key.replace("_ms", "_rel")] = (sim[key] - real[key]) / real[key] if real[key] else 0.0
-    diffs = {t: sim["terms_ms"][t] - real["terms_ms"][t] for t in TERMS}
-    err["term_diff_ms"] = diffs
-    err["most_off_term"] = max(diffs, key=lambda t: abs(diffs[t]))
-    return err
-
-
-def passes(err: dict, pp: float = 5.0, rel: float = 0.10) -> bool:
-    return (abs(err["attainment_pp"]) <= pp and abs(err["p90_ttft_rel"]) <= rel
-            and abs(err["p90_tpot_rel"]) <= rel)
 
 
 class Server:
@@ -158,54 +134,82 @@ def default_slo(profile: object, model_name: str, rows: list[dict]) -> tuple[flo
     return round(ttft, 1), round(tpot, 1)
 
 
+def measured_round(server: Server, trace_path: Path, n: int, slo: tuple[float, float],
+                   out: Path, label: str) -> tuple[Path, dict]:
+    """run_real, plus the CPU seconds the server's process tree (workers, frontend), the load
+    generator and the rest of the host spent over the round (distllm.profiler.host)."""
+    from distllm.profiler.host import cpu_delta, snapshot
+
+    before = snapshot(server.proc.pid)
+    path = run_real(trace_path, n, server.port, slo, out, label)
+    return path, cpu_delta(before, snapshot(server.proc.pid))
+
+
+def calibrate_mode(cfg: argparse.Namespace, mode: str, server: Server, traces: dict,
+                   profile: object, slo: tuple[float, float]) -> dict:
+    """The calibration round (its own trace): the host section measured from the round's CPU
+    use (--host), then the profile's terms scaled to the round (simdist.calibrate)."""
+    from distllm.profiler.host import host_section
+    from simdist.calibrate import calibrate, exp_request_terms, replay_trace, with_host
+
+    roles, out = MODES[mode][1], Path(cfg.output_dir) / mode / "calibrate"
+    path, cpu = measured_round(server, traces["calibrate"], cfg.num_requests, slo, out,
+                               f"{mode}-calibrate")
+    trace = _read_trace(traces["calibrate"])
+    base = profile
+    if cfg.host:  # steps of the round: its trace replayed without host contention
+        steps = replay_trace(trace, roles, with_host(profile, None), cfg.profile_model,
+                             sched_spec()).cluster.num_steps
+        host = host_section(cpu, steps, sum(r["output_len"] for r in trace))
+        base = with_host(profile, host)
+        logger.info("%s host: %s", mode, {k: v for k, v in host.items() if k != "measured"})
+    real = exp_request_terms(json.loads(path.read_text()))
+    calib = calibrate(base, cfg.profile_model, trace, roles, real, sched_spec())
+    logger.info("%s calibration factors: %s", mode, calib["calibration"]["factors"])
+    return calib
+
+
+def rate_row(cfg: argparse.Namespace, mode: str, server: Server, trace_path: Path,
+             rate: float, slo: tuple[float, float], profiles: dict) -> dict:
+    """Real rounds (median of --repeats) vs each simulated profile at one rate."""
+    from simdist.results import write_exp
+
+    out, runs = Path(cfg.output_dir) / mode / f"rate-{rate:g}", []
+    for k in range(cfg.repeats):
+        path, cpu = measured_round(server, trace_path, cfg.num_requests, slo,
+                                   out / f"real-{k}", f"{mode}-real")
+        wall = max(cpu.pop("wall"), 1e-9)
+        runs.append({**metrics_of(path, slo),
+                     "host_cores": {key: v / wall for key, v in cpu.items()}})
+    real, trace, row = median_metrics(runs), _read_trace(trace_path), {"rate": rate}
+    for key, prof in profiles.items():
+        sim_path = out / f"{key}.exp"
+        write_exp(simulate_trace(trace, mode, prof, cfg.profile_model), sim_path)
+        row[key] = metrics_of(sim_path, slo)
+    row.setdefault("sim", row["sim_raw"])
+    err = compare(real, row["sim"])
+    logger.info("%s rate %g: attainment real %.2f sim %.2f", mode, rate, real["attainment"],
+                row["sim"]["attainment"])
+    return {**row, "real": real, "error": err, "pass": passes(err),
+            "error_raw": compare(real, row["sim_raw"])}
+
+
 def run_mode(cfg: argparse.Namespace, mode: str, traces: dict, profile: object,
              slo: tuple[float, float]) -> dict:
     """Warm up, calibrate (optional, on its own trace), then every rate: real vs simulated."""
-    from simdist.calibrate import calibrate, exp_request_terms
     from simdist.profile import LatencyProfile
-    from simdist.results import write_exp
 
-    out, rows, calib = Path(cfg.output_dir) / mode, [], None
+    out, calib = Path(cfg.output_dir) / mode, None
+    profiles = {"sim_raw": profile}
     with Server(cfg.model, MODES[mode][0]) as server:
         run_real(traces["warmup"], cfg.warmup_requests, server.port, slo, out / "warmup",
                  f"{mode}-warmup")
         if cfg.calibrate:
-            path = run_real(traces["calibrate"], cfg.num_requests, server.port, slo,
-                            out / "calibrate", f"{mode}-calibrate")
-            trace = _read_trace(traces["calibrate"])
-            real = exp_request_terms(json.loads(path.read_text()))
-            calib = calibrate(profile, cfg.profile_model, trace, MODES[mode][1], real,
-                              sched_spec())
-            sim_profile = LatencyProfile.from_dict(calib)
-            logger.info("%s calibration factors: %s", mode, calib["calibration"]["factors"])
-        for rate in cfg.rates:
-            real = median_metrics([metrics_of(run_real(
-                traces[rate], cfg.num_requests, server.port, slo,
-                out / f"rate-{rate:g}" / f"real-{k}", f"{mode}-real"), slo)
-                for k in range(cfg.repeats)])
-            trace, row = _read_trace(traces[rate]), {"rate": rate}
-            for key, prof in (("sim_raw", profile), ("sim", sim_profile if calib else None)):
-                if prof is None:
-                    continue
-                sim_path = out / f"rate-{rate:g}" / f"{key}.exp"
-                write_exp(simulate_trace(trace, mode, prof, cfg.profile_model), sim_path)
-                row[key] = metrics_of(sim_path, slo)
-            row.setdefault("sim", row["sim_raw"])
-            err = compare(real, row["sim"])
-            rows.append({**row, "real": real, "error": err, "pass": passes(err),
-                         "error_raw": compare(real, row["sim_raw"])})
-            logger.info("%s rate %g: attainment real %.2f sim %.2f", mode, rate,
-                        real["attainment"], row["sim"]["attainment"])
+            calib = calibrate_mode(cfg, mode, server, traces, profile, slo)
+            profiles["sim"] = LatencyProfile.from_dict(calib)
+        rows = [rate_row(cfg, mode, server, traces[rate], rate, slo, profiles)
+                for rate in cfg.rates]
     return {"rows": rows, "calibrated_profile": calib}
-
-
-def median_metrics(runs: list[dict]) -> dict:
-    """Per metric, the median over repeated real rounds of one trace (the host is shared:
-    back-to-back rounds of the same trace can differ by tens of points); `runs` keeps each."""
-    out = {k: float(np.median([r[k] for r in runs])) for k in runs[0] if k != "terms_ms"}
-    out["terms_ms"] = {t: float(np.median([r["terms_ms"][t] for r in runs]))
-                       for t in runs[0]["terms_ms"]}
-    return {**out, "runs": runs} if len(runs) > 1 else out
 
 
 def _read_trace(path: Path) -> list[dict]:
@@ -249,55 +253,14 @@ def validate(cfg: argparse.Namespace) -> dict:
         if result["calibrated_profile"] is not None:
             report.setdefault("calibration", {})[mode] = result["calibrated_profile"][
                 "calibration"]
+            if "host" in result["calibrated_profile"]:
+                report.setdefault("host", {})[mode] = result["calibrated_profile"]["host"]
             path = out / f"profile-calibrated-{mode}.json"
             path.write_text(json.dumps(result["calibrated_profile"], indent=1) + "\n")
     report["all_pass"] = all(r["pass"] for rows_ in report["modes"].values() for r in rows_)
     (out / "validate_simulator.json").write_text(json.dumps(report, indent=1) + "\n")
     plot(report, out / "validate_simulator.png")
     return report
-
-
-def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = ("attainment", "p90_ttft_ms", "p90_tpot_ms")
-    fig, axes = plt.subplots(1, len(keys), figsize=(13, 3.8))
-    for ax, key in zip(axes, keys, strict=True):
-        for i, (mode, rows) in enumerate(report["modes"].items()):
-            rates = [r["rate"] for r in rows]
-            color = f"C{i}"
-            ax.plot(rates, [r["real"][key] for r in rows], "o-", color=color, label=f"{mode} real")
-            ax.plot(rates, [r["sim"][key] for r in rows], "x--", color=color, label=f"{mode} sim")
-        ax.set_xlabel("request rate (req/s)")
-        ax.set_title(key)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def format_report(report: dict) -> str:
-    slo = report["slo_ms"]
-    lines = [f"SLO: TTFT <= {slo['ttft']} ms, TPOT <= {slo['tpot']} ms",
-             f"{'mode':>13} {'rate':>5} | {'attain real/sim':>15} {'err pp':>6} {'raw':>6} | "
-             f"{'p50/p90 TTFT err':>16} | {'p50/p90 TPOT err':>16} | most-off term"]
-    for mode, rows in report["modes"].items():
-        for r in rows:
-            e = r["error"]
-            term = e["most_off_term"]
-            lines.append(
-                f"{mode:>13} {r['rate']:5g} | {r['real']['attainment']:7.2f}/"
-                f"{r['sim']['attainment']:<7.2f} {e['attainment_pp']:+6.1f} "
-                f"{r['error_raw']['attainment_pp']:+6.1f} | "
-                f"{100 * e['p50_ttft_rel']:+6.1f}/{100 * e['p90_ttft_rel']:+6.1f} % | "
-                f"{100 * e['p50_tpot_rel']:+6.1f}/{100 * e['p90_tpot_rel']:+6.1f} % | "
-                f"{term} {e['term_diff_ms'][term]:+.1f} ms{'' if r['pass'] else '  MISS'}")
-    lines.append("err: calibrated profile (raw: as profiled); TTFT/TPOT errors (sim - real) / "
-                 f"real; all within target (5 pp, 10 %): {report['all_pass']}")
-    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -320,6 +283,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="scale the profile's terms to a calibration round (its own trace) "
                         "before simulating; the raw profile's errors are reported too")
     p.add_argument("--calibrate-rate", type=float, default=None, help="default: median rate")
+    p.add_argument("--host", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --calibrate: measure the host's CPU use in the calibration round "
+                        "(frontend per step, load generator per token, other load) and put it "
+                        "in the calibrated profile's host section (simdist.host)")
     p.add_argument("--ttft-slo-ms", type=float, default=None)
     p.add_argument("--tpot-slo-ms", type=float, default=None)
     p.add_argument("-o", "--output-dir", default="evaluation/results/validate_simulator")

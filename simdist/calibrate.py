@@ -12,6 +12,7 @@ from distllm.metrics import RequestRecord
 from distllm.request import Lifetime
 from simdist.cluster import ClusterSpec, InstanceSpec, SchedulerSpec, simulate
 from simdist.profile import LatencyProfile
+from simdist.results import SimResult
 from simdist.workload import Workload
 
 TERMS = ("queueing", "prefill", "transfer", "decode")
@@ -41,17 +42,32 @@ def lifecycle_terms(records: Sequence[RequestRecord],
     return {k: 1e3 * sum(t[k] for t in per) / max(len(per), 1) for k in TERMS}
 
 
-def simulate_trace(trace: Sequence[dict], roles: Sequence[str], profile: LatencyProfile,
-                   model_name: str, sched: SchedulerSpec | None = None) -> dict:
-    """`.exp` dict of a trace (rows with prompt_len, output_len, arrival_s) replayed on one
-    tp1 instance per role, each on its own device."""
+def replay_trace(trace: Sequence[dict], roles: Sequence[str], profile: LatencyProfile,
+                 model_name: str, sched: SchedulerSpec | None = None) -> SimResult:
+    """A trace (rows with prompt_len, output_len, arrival_s) replayed on one tp1 instance per
+    role, each on its own device."""
     spec = ClusterSpec(model_name, tuple(InstanceSpec(r, node=0, gpus=(i,))
                                          for i, r in enumerate(roles)),
                        sched or SchedulerSpec())
     wl = Workload(tuple(r["prompt_len"] for r in trace), tuple(r["output_len"] for r in trace),
                   (1.0,) * len(trace), tuple(r["arrival_s"] for r in trace), arrival="trace")
-    return simulate(spec, profile, wl, None).to_exp({"backend": "simdist",
-                                                     "instances": list(roles)})
+    return simulate(spec, profile, wl, None)
+
+
+def simulate_trace(trace: Sequence[dict], roles: Sequence[str], profile: LatencyProfile,
+                   model_name: str, sched: SchedulerSpec | None = None) -> dict:
+    """`.exp` dict of `replay_trace`."""
+    return replay_trace(trace, roles, profile, model_name, sched).to_exp(
+        {"backend": "simdist", "instances": list(roles)})
+
+
+def with_host(profile: LatencyProfile, host: dict | None) -> LatencyProfile:
+    """The profile with its `host` section replaced (None or {}: removed)."""
+    d = profile.to_dict()
+    d.pop("host", None)
+    if host:
+        d["host"] = host
+    return LatencyProfile.from_dict(d, source=profile.source)
 
 
 def exp_request_terms(exp: dict) -> list[dict[str, float] | None]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from distllm.request import LifecycleEvent
 from simdist.colocated import ColocatedInstance
 from simdist.core import EventKind, Simulator
+from simdist.host import HostModel, HostSpec
 from simdist.instances import DecodeInstance, PrefillInstance
 from simdist.profile import LatencyProfile
 from simdist.results import SimResult
@@ -51,6 +52,9 @@ class SchedulerSpec:
     max_batch_size: int = 256  # running requests per decode / colocated instance
     chunk_tokens: int | None = None  # colocated: chunked-prefill token budget per iteration
     kv_capacity_scale: float = 1.0  # shrink KV capacity (tests of preemption/back-pressure)
+    # colocated routing: least KV tokens ("tokens") or, as distllm's engine routes, fewest
+    # unfinished requests ("requests")
+    colocated_routing: str = "tokens"
 
     def __post_init__(self) -> None:
         if self.max_prefill_tokens < 1 or self.max_batch_size < 1:
@@ -59,6 +63,9 @@ class SchedulerSpec:
             raise ValueError("chunk_tokens must be >= 1")
         if not 0 < self.kv_capacity_scale <= 1:
             raise ValueError("kv_capacity_scale must be in (0, 1]")
+        if self.colocated_routing not in ("tokens", "requests"):
+            raise ValueError("colocated_routing must be 'tokens' or 'requests', got "
+                             f"{self.colocated_routing!r}")
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,9 @@ class Cluster:
         self.kv_bytes = profile.kv_bytes_per_token(spec.model)
         self.transfer_s = profile.overhead.get("transfer_ms", 0.0) * 1e-3
         self.num_finished = 0
+        self.num_steps = 0  # steps (prefill batches, decode / colocated iterations) run
+        host = HostSpec.from_dict(profile.host)
+        self.host = None if host is None else HostModel(host)  # None: no CPU contention
         used: dict[int, int] = {}  # node -> GPUs handed out
         for i, ispec in enumerate(spec.instances):
             gpus = ispec.gpus
@@ -116,6 +126,8 @@ class Cluster:
             used[ispec.node] = max(used.get(ispec.node, 0), max(gpus) + 1)
             self._build(i, ispec, gpus)
         self.entry = self.prefills or self.colocated or self.decodes
+        by_requests = self.colocated and spec.sched.colocated_routing == "requests"
+        self.entry_load = _num_unfinished if by_requests else _load
         self.decode_only = not self.prefills and not self.colocated
 
     def _build(self, i: int, s: InstanceSpec, gpus: tuple[int, ...]) -> None:
@@ -137,15 +149,33 @@ class Cluster:
                                      sched.chunk_tokens, self, s.node, gpus)
             self.colocated.append(inst)
 
+    # -- host CPU (simdist.host; a no-op without the profile's host section) -----------------
+    def step_time(self, inst: object, dt: float) -> float:
+        """Duration of a step of `inst` starting now: `dt`, stretched by host contention."""
+        host = self.host
+        if host is None:
+            return dt
+        return host.begin_step(self.sim.now, dt, len(inst.gpus) // inst.cost.pp)
+
+    def step_done(self, inst: object, num_tokens: int) -> None:
+        """A step of `inst` ended and streamed `num_tokens` output tokens."""
+        self.num_steps += 1
+        host = self.host
+        if host is not None:
+            host.end_step(len(inst.gpus) // inst.cost.pp)
+            host.on_step(self.sim.now, num_tokens)
+
     # -- routing ---------------------------------------------------------------------------
     def on_arrival(self, r: SimRequest) -> None:
+        if self.host is not None:
+            self.host.on_request(self.sim.now)
         entry = self.entry
         if len(entry) == 1:
             inst = entry[0]
         elif self.prefills:
             inst = min(entry, key=_queued)  # ties: lowest index (min is stable)
         else:
-            inst = min(entry, key=_load)
+            inst = min(entry, key=self.entry_load)
         if self.decode_only:
             r.first_token = self.sim.now  # prefilled elsewhere at arrival
             if r.remaining == 0:  # its only token came from that prefill
@@ -203,6 +233,10 @@ def _queued(inst: PrefillInstance) -> int:
 
 def _load(inst: DecodeInstance | ColocatedInstance) -> int:
     return inst.load
+
+
+def _num_unfinished(inst: ColocatedInstance) -> int:
+    return inst.num_unfinished
 
 
 def simulate(spec: ClusterSpec, profile: LatencyProfile, workload: Workload,

@@ -49,6 +49,11 @@ class ColocatedInstance:
     def load(self) -> int:
         return self.queued_tokens + self.reserved + self.batch.sum_ctx
 
+    @property
+    def num_unfinished(self) -> int:
+        """Requests here not finished (waiting, prefilling, running): the engine's routing."""
+        return len(self.waiting) + len(self.prefilling) + self.batch.size
+
     def enqueue(self, r: SimRequest) -> None:
         if r.prompt_len + r.remaining > self.capacity:
             self.cluster.fail(r, "request exceeds the instance's KV capacity")
@@ -97,9 +102,9 @@ class ColocatedInstance:
         if self.prefilling:
             chunks = [(r, r.pending_prefill) for r in self.prefilling]
             dt = self.cost.prefill_stage(tokens, sq) * self.cost.pp
-            self._launch(now + dt, chunks, False)
+            self._launch(dt, chunks, False)
         elif self.batch.size:
-            self._launch(now + self.cost.decode(self.batch.size, self.batch.sum_ctx), [], True)
+            self._launch(self.cost.decode(self.batch.size, self.batch.sum_ctx), [], True)
         else:
             self.busy = False
 
@@ -128,15 +133,19 @@ class ColocatedInstance:
         else:
             self.busy = False
             return
-        self._launch(now + dt, chunks, b.size > 0)
+        self._launch(dt, chunks, b.size > 0)
 
-    def _launch(self, end: float, chunks: list, decodes: bool) -> None:
+    def _launch(self, dt: float, chunks: list, decodes: bool) -> None:
+        """Run one iteration of (profiled) duration dt from now."""
         self.busy = True
+        end = self.sim.now + self.cluster.step_time(self, dt)
         self.sim.schedule(end, _STEP_END, self._on_iteration_end, (chunks, decodes))
 
     def _on_iteration_end(self, arg: tuple) -> None:
         chunks, decodes = arg
         now, b, cluster = self.sim.now, self.batch, self.cluster
+        cluster.step_done(self, (b.size if decodes else 0)
+                          + sum(n == r.pending_prefill for r, n in chunks))
         if decodes:
             done = b.advance(now)
             if done:

@@ -68,7 +68,7 @@ class PrefillInstance:
             return
         self.kv_used += tokens
         self.queued_tokens -= tokens
-        stage = self.cost.prefill_stage(tokens, sq)
+        stage = self.cluster.step_time(self, self.cost.prefill_stage(tokens, sq))
         self.stage_busy = True
         if self.pp > 1:
             self.sim.schedule(now + stage, _STAGE_FREE, self._on_stage_free)
@@ -81,6 +81,7 @@ class PrefillInstance:
 
     def _on_batch_end(self, batch: list[SimRequest]) -> None:
         now, cluster = self.sim.now, self.cluster
+        cluster.step_done(self, len(batch))
         for r in batch:
             r.log.append((_PE, now))
             r.first_token = now
@@ -175,8 +176,8 @@ class DecodeInstance:
             self.busy = False
             return
         self.busy = True
-        sim.schedule(now + self.cost.decode(b.size, b.sum_ctx) + extra, _STEP_END,
-                     self._on_step_end)
+        dt = self.cluster.step_time(self, self.cost.decode(b.size, b.sum_ctx) + extra)
+        sim.schedule(now + dt, _STEP_END, self._on_step_end)
 
     def _readmit(self, now: float) -> float:
         """Rejoin preempted requests that fit; their KV is recomputed inside the iteration."""
@@ -189,6 +190,7 @@ class DecodeInstance:
         return extra
 
     def _on_step_end(self, _: object) -> None:
+        self.cluster.step_done(self, self.batch.size)
         done = self.batch.advance(self.sim.now)
         if done:
             finish = self.cluster.finish

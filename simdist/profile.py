@@ -74,6 +74,7 @@ class LatencyProfile:
     overhead: dict[str, float] = field(default_factory=dict)  # iteration_ms, per_token_ms, ...
     interconnect: dict[str, float] = field(default_factory=dict)  # nvlink_gb_s, network_gb_s
     source: str = ""
+    host: dict = field(default_factory=dict)  # optional CPU-host section (simdist.host)
 
     def model(self, name: str) -> dict:
         full = resolve_model_name(name)
@@ -130,9 +131,12 @@ class LatencyProfile:
         return float(getattr(hw, key))
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "hardware": self.hardware, "engine": self.engine,
-                "source": self.source, "overhead": self.overhead,
-                "interconnect": self.interconnect, "models": self.models}
+        d = {"format": FORMAT, "hardware": self.hardware, "engine": self.engine,
+             "source": self.source, "overhead": self.overhead,
+             "interconnect": self.interconnect, "models": self.models}
+        if self.host:
+            d["host"] = self.host
+        return d
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "") -> LatencyProfile:
@@ -140,7 +144,8 @@ class LatencyProfile:
             raise ValueError(f"not a {FORMAT} profile (format={d.get('format')!r}); DistServe "
                              "files are read with import_distserve()")
         return cls(d["hardware"], d["models"], d.get("engine", "distllm"),
-                   d.get("overhead", {}), d.get("interconnect", {}), d.get("source") or source)
+                   d.get("overhead", {}), d.get("interconnect", {}), d.get("source") or source,
+                   d.get("host") or {})
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")

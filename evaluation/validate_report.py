@@ -1,0 +1,120 @@
+"""Report side of evaluation/validate_simulator.py: metrics of a `.exp`, simulated-vs-real errors
+with the lifecycle term that is most off, pass rule, medians over repeated rounds, the overlay
+plot and the text table (with the host's measured CPU use and the calibration factors).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+TERMS = ("queueing", "prefill", "transfer", "decode")
+
+
+def metrics_of(exp_path: Path, slo: tuple[float, float]) -> dict:
+    from distllm.metrics import percentile, slo_attainment
+    from evaluation.exp_format import load_exp
+    from simdist.calibrate import lifecycle_terms
+
+    run = load_exp(exp_path)
+    ok = [r for r in run.records if r.ok]
+    out = {"attainment": slo_attainment(run.records, *slo), "completed": len(ok),
+           "failed": len(run.records) - len(ok)}
+    for name in ("ttft", "tpot"):
+        values = [getattr(r, name) for r in ok]
+        for q in (50, 90):
+            out[f"p{q}_{name}_ms"] = 1e3 * percentile(values, q) if values else float("nan")
+    out["terms_ms"] = lifecycle_terms(run.records, run.lifetimes)
+    return out
+
+
+def compare(real: dict, sim: dict) -> dict:
+    """Errors of the simulation against the measurement, and the term that is most off."""
+    err = {"attainment_pp": 100 * (sim["attainment"] - real["attainment"])}
+    for key in ("p50_ttft_ms", "p90_ttft_ms", "p50_tpot_ms", "p90_tpot_ms"):
+        err[key.replace("_ms", "_rel")] = (sim[key] - real[key]) / real[key] if real[key] else 0.0
+    diffs = {t: sim["terms_ms"][t] - real["terms_ms"][t] for t in TERMS}
+    err["term_diff_ms"] = diffs
+    err["most_off_term"] = max(diffs, key=lambda t: abs(diffs[t]))
+    return err
+
+
+def passes(err: dict, pp: float = 5.0, rel: float = 0.10) -> bool:
+    return (abs(err["attainment_pp"]) <= pp and abs(err["p90_ttft_rel"]) <= rel
+            and abs(err["p90_tpot_rel"]) <= rel)
+
+
+def median_metrics(runs: list[dict]) -> dict:
+    """Per metric, the median over repeated real rounds of one trace (the host is shared:
+    back-to-back rounds of the same trace can differ by tens of points); `runs` keeps each."""
+    out = {}
+    for k, v in runs[0].items():  # dict values (terms_ms, host_cores): median per entry
+        out[k] = ({t: float(np.median([r[k][t] for r in runs])) for t in v}
+                  if isinstance(v, dict) else float(np.median([r[k] for r in runs])))
+    return {**out, "runs": runs} if len(runs) > 1 else out
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ("attainment", "p90_ttft_ms", "p90_tpot_ms")
+    fig, axes = plt.subplots(1, len(keys), figsize=(13, 3.8))
+    for ax, key in zip(axes, keys, strict=True):
+        for i, (mode, rows) in enumerate(report["modes"].items()):
+            rates = [r["rate"] for r in rows]
+            color = f"C{i}"
+            ax.plot(rates, [r["real"][key] for r in rows], "o-", color=color, label=f"{mode} real")
+            ax.plot(rates, [r["sim"][key] for r in rows], "x--", color=color, label=f"{mode} sim")
+        ax.set_xlabel("request rate (req/s)")
+        ax.set_title(key)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def format_report(report: dict) -> str:
+    slo = report["slo_ms"]
+    lines = [f"SLO: TTFT <= {slo['ttft']} ms, TPOT <= {slo['tpot']} ms",
+             f"{'mode':>13} {'rate':>5} | {'attain real/sim':>15} {'err pp':>6} {'raw':>6} | "
+             f"{'p50/p90 TTFT err':>16} | {'p50/p90 TPOT err':>16} | most-off term"]
+    for mode, rows in report["modes"].items():
+        for r in rows:
+            e = r["error"]
+            term = e["most_off_term"]
+            lines.append(
+                f"{mode:>13} {r['rate']:5g} | {r['real']['attainment']:7.2f}/"
+                f"{r['sim']['attainment']:<7.2f} {e['attainment_pp']:+6.1f} "
+                f"{r['error_raw']['attainment_pp']:+6.1f} | "
+                f"{100 * e['p50_ttft_rel']:+6.1f}/{100 * e['p90_ttft_rel']:+6.1f} % | "
+                f"{100 * e['p50_tpot_rel']:+6.1f}/{100 * e['p90_tpot_rel']:+6.1f} % | "
+                f"{term} {e['term_diff_ms'][term]:+.1f} ms{'' if r['pass'] else '  MISS'}")
+    lines.append("err: calibrated profile (raw: as profiled); TTFT/TPOT errors (sim - real) / "
+                 f"real; all within target (5 pp, 10 %): {report['all_pass']}")
+    return "\n".join(lines + host_lines(report))
+
+
+def host_lines(report: dict) -> list[str]:
+    """Per mode: the calibration factors and measured host section, and the host's CPU use
+    (cores) in each rate's real rounds: the direction of the contention the model follows."""
+    lines = []
+    for mode, cal in report.get("calibration", {}).items():
+        f = cal["factors"]
+        lines.append(f"{mode}: calibration factors prefill {f['prefill']:.3f} decode "
+                     f"{f['decode']:.3f} transfer {f['transfer']:.3f}")
+        host = report.get("host", {}).get(mode)
+        if host:
+            lines.append(f"  host ({host['cores']} cores): frontend "
+                         f"{host['frontend_cpu_ms_per_step']:.2f} ms CPU/step, load generator "
+                         f"{host['frontend_cpu_ms_per_token']:.3f} ms/token, other load "
+                         f"{host['background_cores']:.2f} cores")
+    for mode, rows in report["modes"].items():
+        cores = [(r["rate"], r["real"].get("host_cores")) for r in rows]
+        text = ", ".join(f"{rate:g}: {c['worker']:.2f}/{c['frontend']:.2f}/{c['loadgen']:.2f}/"
+                         f"{c['background']:.2f}" for rate, c in cores if c)
+        if text:
+            lines.append(f"{mode} cores busy (workers/frontend/loadgen/other) by rate: {text}")
+    return lines

@@ -1,0 +1,58 @@
+"""distllm.profiler.host: CPU seconds of a process tree split into workers / frontend, this
+process's own (load generator) and the host's other load; the host section's arithmetic."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from distllm.profiler.host import CpuSnapshot, cpu_delta, host_section, snapshot
+
+pytestmark = pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux /proc")
+BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\n"
+
+
+def test_snapshot_counts_a_busy_child_in_its_session_as_frontend() -> None:
+    # a session leader that spawns a busy grandchild: both belong to the tree
+    code = ("import subprocess, sys\n"
+            f"subprocess.run([sys.executable, '-c', {BURN.format(s=0.3)!r}])\n"
+            "import time; time.sleep(5)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        before = snapshot(proc.pid)
+        assert proc.pid in before.procs
+        deadline_s = 20.0
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < deadline_s:
+            delta = cpu_delta(before, snapshot(proc.pid))
+            if delta["frontend"] >= 0.2 or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    # polled while the grandchild burns its 0.3 s (an exited process is no longer counted)
+    assert delta["worker"] == 0.0
+    assert delta["frontend"] >= 0.2
+    assert delta["wall"] > 0 and delta["background"] >= 0.0
+
+
+def test_cpu_delta_and_host_section_arithmetic() -> None:
+    before = CpuSnapshot({1: ("frontend", 1.0), 2: ("worker", 5.0)}, self_s=0.5,
+                         host_busy_s=100.0, wall_s=10.0)
+    after = CpuSnapshot({1: ("frontend", 3.0), 2: ("worker", 9.0), 3: ("worker", 1.0)},
+                        self_s=1.0, host_busy_s=110.0, wall_s=15.0)
+    d = cpu_delta(before, after)
+    assert d == pytest.approx({"worker": 5.0, "frontend": 2.0, "loadgen": 0.5,
+                               "background": 2.5, "wall": 5.0})
+    host = host_section(d, num_steps=1000, num_tokens=2500, cores=2)
+    assert host["cores"] == 2
+    assert host["frontend_cpu_ms_per_step"] == pytest.approx(2.0)
+    assert host["frontend_cpu_ms_per_token"] == pytest.approx(0.2)
+    assert host["background_cores"] == pytest.approx(0.5)
+    assert host["measured"]["num_steps"] == 1000
+    with pytest.raises(ValueError):
+        host_section(d, num_steps=0, num_tokens=10)

@@ -1,0 +1,97 @@
+"""Host CPU contention (simdist.host): absent or roomy host = the profiled run exactly; an
+oversubscribed host stretches steps by demand / cores, more at higher rates; exact hand-computed
+stretch; validation; profile JSON round trip."""
+from __future__ import annotations
+
+import pytest
+
+from simdist.cluster import ClusterSpec, InstanceSpec, simulate
+from simdist.host import HostModel, HostSpec
+from simdist.profile import LatencyProfile, load_profile
+from simdist.workload import make_workload
+
+from .conftest import fixed_workload, toy_profile
+
+A = pytest.approx
+DISAGG = ClusterSpec("toy", (InstanceSpec("prefill", gpus=(0,)), InstanceSpec("decode",
+                                                                              gpus=(1,))))
+
+
+def _with_host(profile: LatencyProfile, host: dict) -> LatencyProfile:
+    return LatencyProfile.from_dict({**profile.to_dict(), "host": host})
+
+
+def _stamps(res) -> list:  # noqa: ANN001 - SimResult
+    return [r.token_timestamps() for r in res.requests]
+
+
+def test_absent_or_roomy_host_gives_the_profiled_run_exactly() -> None:
+    prof = load_profile("cpu-demo")
+    plain = LatencyProfile.from_dict({k: v for k, v in prof.to_dict().items() if k != "host"})
+    wl = make_workload("sharegpt", 80, seed=1)
+    spec = ClusterSpec("distllm-demo", (InstanceSpec("prefill", gpus=(0,)),
+                                        InstanceSpec("decode", gpus=(1,))))
+    base = simulate(spec, plain, wl, 8.0)
+    roomy = simulate(spec, _with_host(plain, {"cores": 64, "frontend_cpu_ms_per_step": 2.0}),
+                     wl, 8.0)
+    assert _stamps(roomy) == _stamps(base)  # demand never exceeds 64 cores: bit-identical
+    assert base.cluster.host is None and base.cluster.num_steps == roomy.cluster.num_steps > 0
+
+
+def test_two_busy_workers_on_one_core_take_twice_as_long() -> None:
+    """Toy: prefill of r1 (20 ms) overlaps r0's decode steps; with 1 core both stretch 2x."""
+    toy = toy_profile()
+    wl = fixed_workload([100, 100], [3, 2], [0.0, 0.005])
+    base = simulate(DISAGG, toy, wl, 1.0)
+    one = simulate(DISAGG, _with_host(toy, {"cores": 1}), wl, 1.0)
+    r0 = one.requests[0]
+    assert r0.first_token == base.requests[0].first_token == A(0.020)  # alone: no stretch
+    # r1's prefill starts at 0.020 while r0's first decode step (6 ms) starts at 0.0201: the
+    # prefill began alone (20 ms), the decode step sees 2 busy threads on 1 core: 12 ms
+    assert r0.token_timestamps()[1] == A(0.0201 + 0.012, abs=1e-9)
+    assert one.requests[1].first_token == A(0.040, abs=1e-9)
+
+
+def test_frontend_load_stretches_more_at_higher_rates() -> None:
+    toy = toy_profile()
+    host = {"cores": 2, "frontend_cpu_ms_per_step": 3.0, "frontend_cpu_ms_per_token": 0.2}
+    ratios = []
+    for rate in (5.0, 40.0):
+        wl = fixed_workload([200] * 60, [30] * 60, [i / rate for i in range(60)])
+        base, hosted = (simulate(DISAGG, p, wl, 1.0) for p in (toy, _with_host(toy, host)))
+        (_, tpot0), (_, tpot1) = base.ttft_tpot(), hosted.ttft_tpot()
+        ratios.append(sum(tpot1) / sum(tpot0))
+        again = simulate(DISAGG, _with_host(toy, host), wl, 1.0)
+        assert _stamps(again) == _stamps(hosted)  # deterministic
+    assert 1.0 <= ratios[0] < ratios[1]
+
+
+def test_host_model_demand_and_window() -> None:
+    host = HostModel(HostSpec(cores=2, frontend_cpu_ms_per_step=100.0, window_ms=1000.0))
+    assert host.begin_step(0.0, 0.010) == 0.010  # 1 thread, no frontend yet
+    assert host.begin_step(0.0, 0.010) == 0.010  # 2 threads on 2 cores
+    host.end_step()
+    host.on_step(0.5, 0)  # 100 ms CPU in the last second: 0.1 core
+    assert host.frontend_cores(0.6) == A(0.1)
+    assert host.begin_step(0.6, 0.010) == A(0.010 * 2.1 / 2)  # 2 threads + 0.1 core
+    assert host.frontend_cores(1.6) == 0.0  # left the window
+    host.end_step(2)
+    assert host.busy == 0
+
+
+@pytest.mark.parametrize("bad", [{"cores": 0}, {"cores": 2, "frontend_cpu_ms_per_step": -1},
+                                 {"cores": 2, "window_ms": 0},
+                                 {"cores": 2, "background_cores": -0.5}])
+def test_host_spec_validation(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        HostSpec.from_dict(bad)
+
+
+def test_profile_round_trip_keeps_the_host_section_and_omits_an_empty_one() -> None:
+    toy = toy_profile()
+    assert "host" not in toy.to_dict()
+    host = {"cores": 2, "frontend_cpu_ms_per_step": 1.5, "measured": {"wall_s": 3.0}}
+    again = LatencyProfile.from_dict(_with_host(toy, host).to_dict())
+    assert again.host == host
+    assert HostSpec.from_dict(again.host) == HostSpec(cores=2, frontend_cpu_ms_per_step=1.5)
+    assert HostSpec.from_dict({}) is None
