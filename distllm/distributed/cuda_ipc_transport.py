@@ -16,7 +16,6 @@ unpickled. Written for GPU nodes; the encoding and the selection are tested on C
 from __future__ import annotations
 
 import base64
-import hashlib
 import inspect
 import json
 from collections.abc import Callable
@@ -71,17 +70,6 @@ def decode_handle(data: bytes, dtype: torch.dtype,
             value = tuple(value)
         kwargs[name] = value
     return rebuild(**kwargs)
-
-
-def location_key(location: str) -> int:
-    """A 60-bit integer naming a (node, GPU), exchanged between ranks in an int64 tensor."""
-    return int(hashlib.sha256(location.encode()).hexdigest()[:15], 16)
-
-
-def same_gpu_ranks(keys: list[int], rank: int) -> set[int]:
-    """Ranks (other than `rank`) on this rank's GPU. NOTE: only those: a worker sees just its own
-    GPU (CUDA_VISIBLE_DEVICES), so an IPC handle from another GPU could not be opened."""
-    return {r for r, k in enumerate(keys) if k == keys[rank] and r != rank}
 
 
 class CudaIpcSlabTransport(KVTransport):

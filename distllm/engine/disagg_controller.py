@@ -100,7 +100,7 @@ class DisaggEngine:
             for _, name, cfg in specs:
                 workers.append(ray_cluster.create_instance(name, cfg, threads,
                                                            self.disagg.affinity, timeout))
-            ray_cluster.init_world(workers, timeout)
+            ray_cluster.init_world(workers, timeout, self.disagg.kv_transport)
             sizes = [ray_cluster.load_models(w, c.cache.num_kv_blocks, timeout)
                      for w, (_, _, c) in zip(workers, specs, strict=True)]
         except BaseException:

@@ -145,7 +145,8 @@ class ResilientDisaggEngine(DisaggEngine):
         logger.warning("re-forming the world group after a KV transfer timeout")
         ray.get([w.shutdown.remote() for i in self.instances for w in i.ray.workers],
                 timeout=timeout)
-        ray_cluster.init_world([i.ray for i in self.instances], timeout)
+        ray_cluster.init_world([i.ray for i in self.instances], timeout,
+                               self.disagg.kv_transport)
         self._world_suspect = False
         self.num_world_resets += 1
 
@@ -161,7 +162,7 @@ class ResilientDisaggEngine(DisaggEngine):
                                               self.disagg.affinity, timeout)
         index = self.instances.index(dead)
         ray_cluster.init_world([workers if i is dead else i.ray for i in self.instances],
-                               timeout)
+                               timeout, self.disagg.kv_transport)
         size = ray_cluster.load_models(workers, dead.ray.config.cache.num_kv_blocks, timeout)
         fresh = StageEngine(dead.kind, workers, *size, self.disagg)
         self.instances[index] = fresh

@@ -49,14 +49,6 @@ def test_unknown_storage_class_is_refused() -> None:
         ipc.decode_handle(data, torch.float16, rebuild=fake_rebuild)
 
 
-def test_same_gpu_ranks() -> None:
-    a, b = ipc.location_key("10.0.0.1/GPU-a"), ipc.location_key("10.0.0.1/GPU-b")
-    assert a != b and 0 <= a < 2**60 and ipc.location_key("10.0.0.1/GPU-a") == a
-    keys = [a, a, b, a]  # 1P+1D on GPU-a (ranks 0, 1, 3), another worker on GPU-b
-    assert ipc.same_gpu_ranks(keys, 0) == {1, 3}
-    assert ipc.same_gpu_ranks(keys, 2) == set()
-
-
 class RecordingTransport(ipc.KVTransport):
     def __init__(self) -> None:
         self.calls: list[tuple] = []

@@ -127,8 +127,8 @@ def test_transport_selection() -> None:
     gpu1, remote = WorkerLocation("n0", "cuda", "GPU-b"), WorkerLocation("n1", "cuda", "GPU-a")
     assert choose_transport(cpu_a, cpu_b) == "gloo"
     assert choose_transport(gpu0, gpu0_again) == "cuda_ipc" and is_same_gpu(gpu0, gpu0_again)
-    assert choose_transport(gpu0, gpu1) == "gloo" and not is_same_gpu(gpu0, gpu1)
-    assert choose_transport(gpu0, remote) == "gloo"
+    assert choose_transport(gpu0, gpu1) == "nccl" and not is_same_gpu(gpu0, gpu1)
+    assert choose_transport(gpu0, remote) == "nccl"
     assert not is_same_gpu(WorkerLocation("n0", "cuda"), WorkerLocation("n0", "cuda"))
     with pytest.raises(ValueError, match="same device kind"):
         choose_transport(cpu_a, gpu0)
