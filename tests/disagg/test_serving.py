@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,8 +60,14 @@ def test_streams_token_by_token(async_llm: AsyncDisaggLLM, prompts: list[list[in
 
 
 def test_abort_during_migration_frees_both_sides(async_llm: AsyncDisaggLLM) -> None:
-    # NOTE: drives the engine directly; the AsyncLLM thread sleeps while it has no requests.
+    # NOTE: drives the engine directly; the AsyncLLM thread sleeps while it has no requests
+    # (nor blocks still to free), so first let it finish the previous test's leftovers and park.
     engine = async_llm.engine
+    for _ in range(1000):
+        if not engine.has_unfinished_requests():
+            break
+        time.sleep(0.01)
+    time.sleep(0.2)
     engine.add_request("m", [7] * 30, SamplingParams(max_tokens=50, ignore_eos=True))
     outputs = []
     for _ in range(10_000):
