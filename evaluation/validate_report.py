@@ -110,7 +110,8 @@ def host_lines(report: dict) -> list[str]:
             lines.append(f"  host ({host['cores']} cores): frontend "
                          f"{host['frontend_cpu_ms_per_step']:.2f} ms CPU/step, load generator "
                          f"{host['frontend_cpu_ms_per_token']:.3f} ms/token, other load "
-                         f"{host['background_cores']:.2f} cores")
+                         f"{host['background_cores']:.2f} cores, frontend latency "
+                         f"{host.get('frontend_latency_ms', 0.0):.1f} ms")
     for mode, rows in report["modes"].items():
         cores = [(r["rate"], r["real"].get("host_cores")) for r in rows]
         text = ", ".join(f"{rate:g}: {c['worker']:.2f}/{c['frontend']:.2f}/{c['loadgen']:.2f}/"

@@ -46,7 +46,8 @@ MODES = {"disaggregated": (["--mode", "disaggregated"], ("prefill", "decode")),
 # the engine's scheduler limits (serve defaults); the simulator gets the same
 SERVE_FLAGS = ["--num-kv-blocks", "2048", "--max-num-seqs", "64",
                "--max-num-batched-tokens", "4096"]
-SCHED_LIMITS = dict(max_prefill_tokens=4096, max_batch_size=64)  # as SERVE_FLAGS
+SCHED_LIMITS = dict(max_prefill_tokens=4096, max_batch_size=64,  # as SERVE_FLAGS
+                    colocated_routing="requests")  # as the engine routes
 
 
 def make_trace(rows: list[dict], n: int, rate: float, seed: int, arrival: str,
@@ -149,7 +150,7 @@ def calibrate_mode(cfg: argparse.Namespace, mode: str, server: Server, traces: d
                    profile: object, slo: tuple[float, float]) -> dict:
     """The calibration round (its own trace): the host section measured from the round's CPU
     use (--host), then the profile's terms scaled to the round (simdist.calibrate)."""
-    from distllm.profiler.host import host_section
+    from distllm.profiler.host import frontend_latency_ms, host_section
     from simdist.calibrate import calibrate, exp_request_terms, replay_trace, with_host
 
     roles, out = MODES[mode][1], Path(cfg.output_dir) / mode / "calibrate"
@@ -161,6 +162,7 @@ def calibrate_mode(cfg: argparse.Namespace, mode: str, server: Server, traces: d
         steps = replay_trace(trace, roles, with_host(profile, None), cfg.profile_model,
                              sched_spec()).cluster.num_steps
         host = host_section(cpu, steps, sum(r["output_len"] for r in trace))
+        host["frontend_latency_ms"] = frontend_latency_ms(json.loads(path.read_text()))
         base = with_host(profile, host)
         logger.info("%s host: %s", mode, {k: v for k, v in host.items() if k != "measured"})
     real = exp_request_terms(json.loads(path.read_text()))
@@ -220,10 +222,12 @@ def write_traces(cfg: argparse.Namespace, rows: list[dict]) -> dict:
     """rate -> JSONL trace path (plus a short low-rate warm-up trace)."""
     d = Path(cfg.output_dir) / "traces"
     d.mkdir(parents=True, exist_ok=True)
+    calibrate_rate = cfg.calibrate_rate or float(np.median(cfg.rates))
     specs = {rate: (cfg.num_requests, rate, cfg.seed) for rate in cfg.rates}
-    specs["warmup"] = (cfg.warmup_requests, min(cfg.rates), cfg.seed + 1)
-    specs["calibrate"] = (cfg.num_requests, cfg.calibrate_rate or float(np.median(cfg.rates)),
-                          cfg.seed + 2)
+    # NOTE: a loaded warm-up: the first loaded round after start-up runs slow (the quiet run's
+    # calibration round after 4 warm-up requests: prefill +25 %, decode +10-30 %)
+    specs["warmup"] = (cfg.warmup_requests, calibrate_rate, cfg.seed + 1)
+    specs["calibrate"] = (cfg.num_requests, calibrate_rate, cfg.seed + 2)
     paths = {}
     for key, (n, rate, seed) in specs.items():
         trace = make_trace(rows, n, rate, seed, cfg.arrival, cfg.cv)
@@ -272,7 +276,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", default="out/demo", help="where the demo model/workload live")
     p.add_argument("--rates", default="3,6,9,12", help="comma-separated request rates (/s)")
     p.add_argument("--num-requests", type=int, default=60, help="requests per rate")
-    p.add_argument("--warmup-requests", type=int, default=4)
+    p.add_argument("--warmup-requests", type=int, default=30,
+                   help="warm-up round per server, at the calibration rate")
     p.add_argument("--repeats", type=int, default=1,
                    help="real rounds per rate (medians reported; the host's noise is large)")
     p.add_argument("--seed", type=int, default=0)

@@ -1,7 +1,12 @@
 """Closing the loop with a real run: lifecycle terms of a run (queueing, prefill, transfer,
 decode) and `calibrate()`, which scales a profile's terms so the simulation of a measured trace
-matches what the real server spent in each (the serving stack's share of a small CPU host, which
-step-level profiling does not see). Used by evaluation/validate_simulator.py and `distllm demo`.
+matches what the real server spent in each (what step-level profiling does not see). Used by
+evaluation/validate_simulator.py and `distllm demo`.
+
+With a measured `host` section (simdist.host) the simulated steps already stretch with the
+host's load, so the factors only take up what is left (per-step serving overhead of the engine
+loop); the host section itself is measured and never scaled. Without one, a single factor per
+term fitted at one rate has to stand in for a contention that grows with the rate.
 """
 from __future__ import annotations
 

@@ -235,6 +235,11 @@ def _load(inst: DecodeInstance | ColocatedInstance) -> int:
     return inst.load
 
 
+def _frontend_latency_s(cluster: Cluster) -> float:
+    spec = HostSpec.from_dict(cluster.profile.host)
+    return 0.0 if spec is None else spec.frontend_latency_ms * 1e-3
+
+
 def _num_unfinished(inst: ColocatedInstance) -> int:
     return inst.num_unfinished
 
@@ -250,15 +255,19 @@ def simulate(spec: ClusterSpec, profile: LatencyProfile, workload: Workload,
     n = len(arrivals) if num_requests is None else min(num_requests, len(arrivals))
     reqs = [SimRequest(i, arrivals[i], workload.prompt_lens[i], workload.output_lens[i])
             for i in range(n)]
+    lat = _frontend_latency_s(cluster)
+    if lat:  # the engine receives (and logs) each request `lat` after it was sent
+        for r in reqs:
+            r.log[0] = (r.log[0][0], r.arrival + lat)
     it = iter(reqs)
 
     def arrive(r: SimRequest) -> None:
         nxt = next(it, None)
         if nxt is not None:
-            sim.schedule(nxt.arrival, EventKind.ARRIVAL, arrive, nxt)
+            sim.schedule(nxt.arrival + lat, EventKind.ARRIVAL, arrive, nxt)
         cluster.on_arrival(r)
 
     first = next(it)
-    sim.schedule(first.arrival, EventKind.ARRIVAL, arrive, first)
+    sim.schedule(first.arrival + lat, EventKind.ARRIVAL, arrive, first)
     end = sim.run()
     return SimResult(reqs, end, sim.num_events, spec.num_gpus, cluster)

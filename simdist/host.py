@@ -4,13 +4,15 @@ On a small CPU host the instances' worker threads, the API server (HTTP, token s
 detokenization, the engine driver) and the load generator share the same cores. Step-level
 profiling runs without that frontend, so under load the real steps stretch. An optional profile
 section `host: {cores, frontend_cpu_ms_per_step, frontend_cpu_ms_per_token,
-frontend_cpu_ms_per_request, background_cores, window_ms}` (measured by
+frontend_cpu_ms_per_request, background_cores, frontend_latency_ms, window_ms}` (measured by
 `distllm.profiler.host` around a benchmark round) turns this on:
 
     demand  = worker threads in a step (this one included) + frontend cores + background cores
     frontend cores = CPU ms of the steps, tokens and requests the frontend handled in the last
                      `window_ms` of simulated time / window_ms
     step    = profiled step * max(1, demand / cores)          (fair share, fixed at step start)
+    TTFT   += frontend_latency_ms (HTTP, tokenization, first-token streaming; the engine
+              receives each request that much after it was sent)
 
 The frontend's CPU follows the engine's steps (the driver schedules, dispatches and collects
 every step and streams its tokens): measured on this host its CPU per step is nearly the same at
@@ -31,13 +33,17 @@ class HostSpec:
     frontend_cpu_ms_per_token: float = 0.0  # per streamed output token
     frontend_cpu_ms_per_request: float = 0.0  # per request (HTTP, tokenization of the prompt)
     background_cores: float = 0.0  # other load on the host (constant)
+    # HTTP + tokenization before the engine sees a request, plus streaming of its first token:
+    # added to TTFT (the engine receives each request this much after it was sent)
+    frontend_latency_ms: float = 0.0
     window_ms: float = 500.0  # frontend load: CPU spent over this much recent simulated time
 
     def __post_init__(self) -> None:
         if self.cores <= 0:
             raise ValueError(f"host cores must be > 0, got {self.cores}")
         costs = (self.frontend_cpu_ms_per_step, self.frontend_cpu_ms_per_token,
-                 self.frontend_cpu_ms_per_request, self.background_cores)
+                 self.frontend_cpu_ms_per_request, self.background_cores,
+                 self.frontend_latency_ms)
         if min(costs) < 0:
             raise ValueError("host frontend CPU costs and background cores must be >= 0")
         if self.window_ms <= 0:
@@ -49,7 +55,8 @@ class HostSpec:
         if not d:
             return None
         keys = ("cores", "frontend_cpu_ms_per_step", "frontend_cpu_ms_per_token",
-                "frontend_cpu_ms_per_request", "background_cores", "window_ms")
+                "frontend_cpu_ms_per_request", "background_cores", "frontend_latency_ms",
+                "window_ms")
         return cls(**{k: float(d[k]) for k in keys if k in d})
 
 

@@ -6,8 +6,10 @@ Stages, each printed as it runs (`make demo`, ~2-3 minutes on 2 cores):
   3. plan      `distllm plan` with the shipped CPU profile of this model (simdist/profiles/
                cpu-demo.json, made by `distllm profile`): placement + predicted goodput
   4. serve     `distllm serve --placement` (1 prefill + 1 decode instance on Ray, a core each),
-               the load generator at the predicted goodput, the same trace through simdist
-  5. report    predicted vs measured (attainment, p50/p90 TTFT and TPOT, lifecycle terms)
+               a warm-up round, the load generator at the predicted goodput (the host's CPU
+               use measured, distllm.profiler.host), the same trace through simdist
+  5. report    predicted vs measured (attainment, p50/p90 TTFT and TPOT, lifecycle terms, the
+               host section: frontend CPU per step, latency, other load)
 The server is always stopped; a failing stage ends the demo with its error (exit 1).
 """
 
@@ -35,6 +37,7 @@ DEMO_MODEL = dict(
 WORKLOAD = dict(prompt=("lognormal", 190, 160), output=("lognormal", 50, 50), max_context=768)
 PROFILE_MODEL = "distllm-demo"  # the model's name in the shipped profile
 TERMS = ("queueing", "prefill", "transfer", "decode")
+WARMUP_REQUESTS = 30
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,8 +144,18 @@ def _write_trace(path: Path, rows: list[dict], n: int, rate: float, seed: int) -
 def serve_and_bench(model_dir: Path, workdir: Path, rate: float, args: argparse.Namespace,
                     slo: tuple[float, float]) -> tuple[dict, dict]:
     """Serve the placement, replay a seeded Poisson trace at `rate` through the load generator
-    and through simdist; returns (measured, predicted) metrics of that trace."""
-    from evaluation.validate_simulator import Server, metrics_of, run_real, simulate_trace
+    (measuring the host's CPU use, distllm.profiler.host) and through simdist; returns
+    (measured, predicted) metrics of that trace, the measured host section under "host"."""
+    from distllm.profiler.host import frontend_latency_ms, host_section
+    from evaluation.validate_simulator import (
+        Server,
+        measured_round,
+        metrics_of,
+        run_real,
+        sched_spec,
+        simulate_trace,
+    )
+    from simdist.calibrate import replay_trace, with_host
     from simdist.profile import load_profile
     from simdist.results import write_exp
     from simdist.workload import read_jsonl
@@ -151,22 +164,27 @@ def serve_and_bench(model_dir: Path, workdir: Path, rate: float, args: argparse.
     bench = workdir / "bench"
     bench.mkdir(parents=True, exist_ok=True)
     trace = _write_trace(bench / "trace.jsonl", rows, args.num_requests, rate, args.seed)
-    _write_trace(bench / "warmup.jsonl", rows, 4, 2.0, args.seed + 1)
+    # a loaded warm-up (the first loaded round after start-up runs slow)
+    _write_trace(bench / "warmup.jsonl", rows, WARMUP_REQUESTS, rate, args.seed + 1)
     with Server(model_dir, ["--placement", str(workdir / "placement.json")]) as server:
         print(f"server up on port {server.port}; warm-up, then {args.num_requests} requests at "
               f"{rate:.2f} req/s (load generator log: {bench / 'bench.log'})", flush=True)
         with open(bench / "bench.log", "w") as log, contextlib.redirect_stdout(log):
-            run_real(bench / "warmup.jsonl", 4, server.port, slo, bench / "warmup",
-                     "demo-warmup")
-            exp = run_real(bench / "trace.jsonl", args.num_requests, server.port, slo,
-                           bench / "real", "demo")
+            run_real(bench / "warmup.jsonl", WARMUP_REQUESTS, server.port, slo,
+                     bench / "warmup", "demo-warmup")
+            exp, cpu = measured_round(server, bench / "trace.jsonl", args.num_requests, slo,
+                                      bench / "real", "demo")
+    profile = load_profile(args.profile)
     sim_path = bench / "simdist.exp"
-    write_exp(simulate_trace(trace, "disaggregated", load_profile(args.profile), PROFILE_MODEL),
-              sim_path)
-    return metrics_of(exp, slo), metrics_of(sim_path, slo)
+    write_exp(simulate_trace(trace, "disaggregated", profile, PROFILE_MODEL), sim_path)
+    steps = replay_trace(trace, ("prefill", "decode"), with_host(profile, None), PROFILE_MODEL,
+                         sched_spec()).cluster.num_steps
+    host = host_section(cpu, steps, sum(r["output_len"] for r in trace))
+    host["frontend_latency_ms"] = frontend_latency_ms(json.loads(exp.read_text()))
+    return {**metrics_of(exp, slo), "host": host}, metrics_of(sim_path, slo)
 
 
-def format_comparison(measured: dict, predicted: dict) -> str:
+def format_comparison(measured: dict, predicted: dict, profile_host: dict | None = None) -> str:
     rows = [("SLO attainment (%)", "attainment", 100.0)]
     rows += [(f"{k.replace('_ms', '')} (ms)", k, 1.0)
              for k in ("p50_ttft_ms", "p90_ttft_ms", "p50_tpot_ms", "p90_tpot_ms")]
@@ -178,7 +196,22 @@ def format_comparison(measured: dict, predicted: dict) -> str:
     for term in TERMS:
         p, m = predicted["terms_ms"][term], measured["terms_ms"][term]
         lines.append(f"{'mean ' + term + ' (ms)':<22}{p:>12.2f}{m:>12.2f}{p - m:>+10.2f}ms")
-    return "\n".join(lines)
+    return "\n".join(lines + host_lines(measured.get("host"), profile_host))
+
+
+def host_lines(measured: dict | None, profile_host: dict | None) -> list[str]:
+    """The host's CPU use in the benchmark next to the profile's host section (simdist.host)."""
+    if not measured:
+        return []
+    keys = (("frontend CPU/step (ms)", "frontend_cpu_ms_per_step"),
+            ("loadgen CPU/token (ms)", "frontend_cpu_ms_per_token"),
+            ("other load (cores)", "background_cores"),
+            ("frontend latency (ms)", "frontend_latency_ms"))
+    lines = [f"host ({measured['cores']} cores){'profile':>12}{'measured':>12}"]
+    for label, key in keys:
+        p = (profile_host or {}).get(key)
+        lines.append(f"{label:<22}{'-' if p is None else f'{p:.3f}':>12}{measured[key]:>12.3f}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     _stage("5/5 predicted vs measured")
     print(f"SLO TTFT <= {slo[0]} ms, TPOT <= {slo[1]} ms; rate {rate:.2f} req/s "
           f"(predicted goodput, {placement['predicted']['per_gpu_goodput_rps']:.2f} per core)")
-    print(format_comparison(measured, predicted))
+    from simdist.profile import load_profile
+
+    print(format_comparison(measured, predicted, load_profile(args.profile).host))
     report = {"slo_ms": slo, "rate": rate, "placement": placement, "measured": measured,
               "predicted": predicted}
     (workdir / "report.json").write_text(json.dumps(report, indent=2) + "\n")

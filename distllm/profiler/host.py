@@ -113,3 +113,19 @@ def host_section(delta: dict[str, float], num_steps: int, num_tokens: int,
             "measured": {**{f"{k}_cpu_s": v for k, v in delta.items() if k != "wall"},
                          "wall_s": delta["wall"], "num_steps": num_steps,
                          "num_tokens": num_tokens}}
+
+
+def frontend_latency_ms(exp: dict) -> float:
+    """Median over a `.exp`'s finished requests of the time the frontend adds to TTFT: client
+    send -> engine arrival plus engine prefill end -> client first token (the engine and the
+    load generator share the host's monotonic clock; their offsets cancel in the sum)."""
+    lat = []
+    for q in exp["requests"]:
+        ev = {e["event_type"]: e["timestamp"] for e in q.get("lifecycle_events") or []}
+        ts = q.get("token_timestamps") or []
+        if ts and "arrival" in ev and "prefill_end" in ev and not q.get("error"):
+            lat.append((ev["arrival"] - q["start_time"]) + (ts[0] - ev["prefill_end"]))
+    if not lat:
+        return 0.0
+    lat.sort()
+    return 1e3 * max(0.0, lat[len(lat) // 2])

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from distllm.profiler.host import CpuSnapshot, cpu_delta, host_section, snapshot
+from distllm.profiler.host import (
+    CpuSnapshot,
+    cpu_delta,
+    frontend_latency_ms,
+    host_section,
+    snapshot,
+)
 
 pytestmark = pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux /proc")
 BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\n"
@@ -56,3 +62,17 @@ def test_cpu_delta_and_host_section_arithmetic() -> None:
     assert host["measured"]["num_steps"] == 1000
     with pytest.raises(ValueError):
         host_section(d, num_steps=0, num_tokens=10)
+
+
+def test_frontend_latency_is_send_to_engine_plus_prefill_end_to_first_token() -> None:
+    def req(start: float, arrival: float, prefill_end: float, first: float) -> dict:
+        return {"start_time": start, "token_timestamps": [first], "error": None,
+                "lifecycle_events": [{"event_type": "arrival", "timestamp": arrival},
+                                     {"event_type": "prefill_end", "timestamp": prefill_end}]}
+
+    # client clock starts at 0, the engine's at 1000: the offsets cancel
+    exp = {"requests": [req(0.0, 1000.003, 1000.050, 0.052),  # 3 + 2 ms
+                        req(1.0, 1001.004, 1001.100, 1.103),  # 4 + 3 ms
+                        req(2.0, 1002.010, 1002.020, 2.030)]}  # 10 + 10 ms
+    assert frontend_latency_ms(exp) == pytest.approx(7.0)
+    assert frontend_latency_ms({"requests": []}) == 0.0

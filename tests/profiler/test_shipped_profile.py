@@ -46,3 +46,18 @@ def test_demo_comparison_table_reports_errors() -> None:
     assert "+10.0 pp" in text and "+10.0 %" in text
     with pytest.raises(KeyError):
         demo.format_comparison({}, predicted)
+
+
+def test_cpu_demo_profile_has_a_measured_host_section_and_the_demo_prints_it() -> None:
+    from simdist.host import HostSpec
+
+    prof = load_profile("cpu-demo")
+    spec = HostSpec.from_dict(prof.host)
+    assert spec is not None and spec.cores == 2 and spec.frontend_cpu_ms_per_step > 0
+    assert spec.background_cores == 0.0  # shipped for a quiet host
+    terms = {"queueing": 1.0, "prefill": 10.0, "transfer": 2.0, "decode": 3.0}
+    measured = {"attainment": 0.8, "p50_ttft_ms": 50.0, "p90_ttft_ms": 100.0,
+                "p50_tpot_ms": 5.0, "p90_tpot_ms": 10.0, "terms_ms": terms,
+                "host": {**prof.host, "frontend_cpu_ms_per_step": 3.25}}
+    text = demo.format_comparison(measured, measured, prof.host)
+    assert "frontend CPU/step (ms)" in text and "3.250" in text

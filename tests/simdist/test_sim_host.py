@@ -95,3 +95,15 @@ def test_profile_round_trip_keeps_the_host_section_and_omits_an_empty_one() -> N
     assert again.host == host
     assert HostSpec.from_dict(again.host) == HostSpec(cores=2, frontend_cpu_ms_per_step=1.5)
     assert HostSpec.from_dict({}) is None
+
+
+def test_frontend_latency_adds_to_ttft_and_leaves_tpot() -> None:
+    toy = toy_profile()
+    wl = fixed_workload([100, 100], [3, 2], [0.0, 0.005])
+    base = simulate(DISAGG, toy, wl, 1.0)
+    late = simulate(DISAGG, _with_host(toy, {"cores": 64, "frontend_latency_ms": 4.0}), wl, 1.0)
+    (ttft0, tpot0), (ttft1, tpot1) = base.ttft_tpot(), late.ttft_tpot()
+    assert ttft1 == A([t + 0.004 for t in ttft0], abs=1e-12)
+    assert tpot1 == A(tpot0, abs=1e-12)
+    arrival = late.requests[1].log[0]
+    assert arrival[1] == A(0.009) and late.requests[1].arrival == A(0.005)
