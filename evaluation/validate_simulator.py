@@ -13,6 +13,11 @@ on this 2-core CPU, as in evaluation/bench_disagg_cpu.py: disaggregated = 1 pref
 instance, colocated = 2 colocated instances, one core (one torch thread) per worker. With
 --calibrate (default) a first round on its own trace scales the profile's terms to the serving
 stack (simdist.calibrate); errors are reported for the calibrated and the raw profile.
+With --host (default) the calibration round also measures the host (distllm.profiler.host: the
+server's frontend CPU per step, the load generator's per token, other load, the frontend's TTFT
+latency) into the calibrated profile's `host` section, so simulated steps stretch with the load
+(simdist.host); a 30-request warm-up at the calibration rate precedes it (the first loaded round
+after start-up runs slow), and it is repeated while other processes keep the host busy.
 """
 from __future__ import annotations
 
@@ -36,6 +41,14 @@ from evaluation.validate_report import (  # noqa: E402,F401 - re-exported (demo,
     passes,
     plot,
 )
+from evaluation.validate_rounds import (  # noqa: E402,F401 - re-exported (demo, tests)
+    QUIET_CORES,
+    SERVE_FLAGS,
+    Server,
+    measured_round,
+    quietest_round,
+    run_real,
+)
 
 logger = logging.getLogger("validate_simulator")
 DEFAULT_PROFILE = "cpu-demo"
@@ -43,9 +56,6 @@ DEFAULT_PROFILE = "cpu-demo"
 MODES = {"disaggregated": (["--mode", "disaggregated"], ("prefill", "decode")),
          "colocated": (["--mode", "colocated", "--num-decode-instances", "2"],
                        ("colocated", "colocated"))}
-# the engine's scheduler limits (serve defaults); the simulator gets the same
-SERVE_FLAGS = ["--num-kv-blocks", "2048", "--max-num-seqs", "64",
-               "--max-num-batched-tokens", "4096"]
 SCHED_LIMITS = dict(max_prefill_tokens=4096, max_batch_size=64,  # as SERVE_FLAGS
                     colocated_routing="requests")  # as the engine routes
 
@@ -58,23 +68,6 @@ def make_trace(rows: list[dict], n: int, rate: float, seed: int, arrival: str,
     idx = np.random.default_rng(seed).choice(len(rows), n, replace=len(rows) < n)
     times = arrival_schedule(ArrivalConfig(arrival, rate, cv, seed), n)
     return [{**rows[int(i)], "arrival_s": float(t)} for i, t in zip(idx, times, strict=True)]
-
-
-def run_real(trace_path: Path, n: int, port: int, slo: tuple[float, float], out: Path,
-             label: str) -> Path:
-    """One load-generator round replaying the trace; returns its `.exp`."""
-    from evaluation import benchmark_serving
-
-    out.mkdir(parents=True, exist_ok=True)
-    code = benchmark_serving.main([
-        "--backend", "distllm", "--port", str(port), "--dataset", str(trace_path),
-        "--arrival", "trace", "--num-prompts", str(n), "--ttft-slo-ms", str(slo[0]),
-        "--tpot-slo-ms", str(slo[1]), "--output-dir", str(out), "--label", label,
-        "--no-progress"])
-    exps = sorted(out.glob("*.exp"))
-    if code != 0 or not exps:
-        raise RuntimeError(f"load generator failed on {trace_path} (exit {code})")
-    return exps[-1]
 
 
 def simulate_trace(trace: list[dict], mode: str, profile: object, model_name: str) -> dict:
@@ -90,40 +83,6 @@ def sched_spec():  # noqa: ANN201 - simdist.cluster.SchedulerSpec, imported lazi
     return SchedulerSpec(**SCHED_LIMITS)
 
 
-class Server:
-    """`distllm serve` in a subprocess for one mode; always stopped on exit."""
-
-    def __init__(self, model: Path, flags: list[str], startup_timeout_s: float = 300.0) -> None:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        self.cmd = [sys.executable, "-m", "distllm", "serve", "--model", str(model), "--port",
-                    str(self.port), "--log-level", "warning", *flags, *SERVE_FLAGS]
-        self.ns = argparse.Namespace(backend="distllm", host="127.0.0.1", port=self.port,
-                                     startup_timeout_s=startup_timeout_s)
-        self.proc = None
-
-    def __enter__(self) -> Server:
-        import subprocess
-
-        from evaluation.start_api_server import stop, wait_healthy
-
-        logger.info("starting: %s", " ".join(self.cmd))
-        self.proc = subprocess.Popen(self.cmd, start_new_session=True)
-        if not wait_healthy(self.proc, self.ns):
-            stop(self.proc)
-            raise RuntimeError(f"server did not become healthy: {' '.join(self.cmd)}")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        from evaluation.start_api_server import stop
-
-        if self.proc is not None:
-            stop(self.proc)
-
-
 def default_slo(profile: object, model_name: str, rows: list[dict]) -> tuple[float, float]:
     """TTFT <= 4x the predicted prefill of a mean prompt; TPOT <= 1.5x a decode step of 16
     mean requests half-way through their output (from the profile, so both sides share it)."""
@@ -135,17 +94,6 @@ def default_slo(profile: object, model_name: str, rows: list[dict]) -> tuple[flo
     return round(ttft, 1), round(tpot, 1)
 
 
-def measured_round(server: Server, trace_path: Path, n: int, slo: tuple[float, float],
-                   out: Path, label: str) -> tuple[Path, dict]:
-    """run_real, plus the CPU seconds the server's process tree (workers, frontend), the load
-    generator and the rest of the host spent over the round (distllm.profiler.host)."""
-    from distllm.profiler.host import cpu_delta, snapshot
-
-    before = snapshot(server.proc.pid)
-    path = run_real(trace_path, n, server.port, slo, out, label)
-    return path, cpu_delta(before, snapshot(server.proc.pid))
-
-
 def calibrate_mode(cfg: argparse.Namespace, mode: str, server: Server, traces: dict,
                    profile: object, slo: tuple[float, float]) -> dict:
     """The calibration round (its own trace): the host section measured from the round's CPU
@@ -154,8 +102,7 @@ def calibrate_mode(cfg: argparse.Namespace, mode: str, server: Server, traces: d
     from simdist.calibrate import calibrate, exp_request_terms, replay_trace, with_host
 
     roles, out = MODES[mode][1], Path(cfg.output_dir) / mode / "calibrate"
-    path, cpu = measured_round(server, traces["calibrate"], cfg.num_requests, slo, out,
-                               f"{mode}-calibrate")
+    path, cpu = quietest_round(cfg, mode, server, traces["calibrate"], slo, out)
     trace = _read_trace(traces["calibrate"])
     base = profile
     if cfg.host:  # steps of the round: its trace replayed without host contention
@@ -288,6 +235,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="scale the profile's terms to a calibration round (its own trace) "
                         "before simulating; the raw profile's errors are reported too")
     p.add_argument("--calibrate-rate", type=float, default=None, help="default: median rate")
+    p.add_argument("--calibrate-tries", type=int, default=3,
+                   help="repeat the calibration round while the host is busy with other load")
     p.add_argument("--host", action=argparse.BooleanOptionalAction, default=True,
                    help="with --calibrate: measure the host's CPU use in the calibration round "
                         "(frontend per step, load generator per token, other load) and put it "
