@@ -155,6 +155,21 @@ inline void prefetch_rows(const Scratch& sc, int t0, int rows, int line) {
   }
 }
 
+// The rows path splits the work: the score loop prefetches the next tile's K rows, the P.V loop
+// its V rows (lines [l0, l1) of V row t in pass `pass` of `passes`, see v_lines).
+inline void prefetch_k(const Scratch& sc, int t0, int rows, int line) {
+  if (line >= sc.pf_lines) return;
+  for (int j = t0; j < t0 + rows; ++j) prefetch_l2(sc.pfk[j] + line * 64);
+}
+
+// Lines [l0, l1) of each V row that P.V pass `pass` of `passes` prefetches (all passes together
+// cover the row once; the last pass takes the remainder).
+inline void v_lines(const Scratch& sc, int64_t pass, int64_t passes, int& l0, int& l1) {
+  const int per = static_cast<int>((sc.pf_lines + passes - 1) / passes);
+  l0 = static_cast<int>(imin(sc.pf_lines, pass * per));
+  l1 = static_cast<int>(imin(sc.pf_lines, l0 + per));
+}
+
 #include "cpu/attention_tile_pv.inc"
 #include "cpu/attention_tile_dot.inc"
 #include "cpu/attention_tile_rows.inc"
