@@ -101,6 +101,21 @@ def test_median_metrics_over_repeated_rounds() -> None:
     assert "runs" not in vs.median_metrics([run(0.5, 30.0)])
 
 
+def test_real_spread_and_misses_inside_it() -> None:
+    runs = [{"attainment": 0.9, "p90_ttft_ms": 100.0, "p90_tpot_ms": 10.0},
+            {"attainment": 0.8, "p90_ttft_ms": 130.0, "p90_tpot_ms": 11.0}]
+    spread = vs.real_spread(runs)
+    assert spread["attainment_pp"] == pytest.approx(10.0)
+    assert spread["p90_ttft_rel"] == pytest.approx(30 / 115)
+    assert spread["p90_tpot_rel"] == pytest.approx(1 / 10.5)
+    assert vs.real_spread(runs[:1]) is None
+    err = {"attainment_pp": 8.0, "p90_ttft_rel": -0.2, "p90_tpot_rel": 0.05}
+    assert not vs.passes(err) and vs.within_spread(err, spread)
+    assert not vs.within_spread({**err, "p90_ttft_rel": -0.3}, spread)  # beyond 26 %
+    assert not vs.within_spread({**err, "p90_tpot_rel": 0.12}, spread)  # beyond 10 % and 9.5 %
+    assert vs.within_spread(err, None) is None
+
+
 def test_calibration_round_is_repeated_while_the_host_is_busy(monkeypatch, tmp_path) -> None:
     from evaluation import validate_rounds
 
