@@ -14,7 +14,7 @@ import torch
 
 from distllm import ops
 from distllm.ops import reference
-from tests.kernels.utils import assert_close, make_paged_kv
+from tests.kernels.utils import assert_close, make_decode_case
 
 pytestmark = pytest.mark.gpu
 
@@ -38,17 +38,17 @@ def _case(
     dtype: torch.dtype,
     seed: int = 0,
 ) -> tuple:
-    gen = torch.Generator().manual_seed(seed)
-    kv = make_paged_kv(lens, num_kv_heads, block_size, head_dim, dtype, gen)
-    query = torch.randn(len(lens), num_kv_heads * group, head_dim, generator=gen).to(dtype)
+    query, kv, context_lens, scale = make_decode_case(
+        lens, head_dim, num_kv_heads, group, block_size, dtype, seed
+    )
     dev = torch.device("cuda")
     return (
         query.to(dev),
         kv.key_cache.to(dev),
         kv.value_cache.to(dev),
         kv.block_tables.to(dev),
-        torch.tensor(lens, dtype=torch.int32, device=dev),
-        head_dim**-0.5,
+        context_lens.to(dev),
+        scale,
     )
 
 

@@ -20,7 +20,7 @@ import torch
 
 from distllm.ops import reference
 from tests.kernels.test_cuda_compile import ROOT, _cuda_include_flags, _cxx
-from tests.kernels.utils import assert_close, make_paged_kv
+from tests.kernels.utils import assert_close, make_decode_case, make_paged_kv
 
 _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 
@@ -93,12 +93,11 @@ def _decode(emu, query, kv, lens: torch.Tensor, splits: int, num_sms: int = 132)
 
 
 def _case(lens, head_dim, group, block_size, dtype, num_kv_heads=2, seed=0) -> tuple:
-    gen = torch.Generator().manual_seed(seed)
-    kv = make_paged_kv(lens, num_kv_heads, block_size, head_dim, dtype, gen)
-    query = torch.randn(len(lens), num_kv_heads * group, head_dim, generator=gen).to(dtype)
-    lens_t = torch.tensor(lens, dtype=torch.int32)
+    query, kv, lens_t, scale = make_decode_case(
+        lens, head_dim, num_kv_heads, group, block_size, dtype, seed
+    )
     expected = reference.paged_decode_attention(
-        query, kv.key_cache, kv.value_cache, kv.block_tables, lens_t, head_dim**-0.5
+        query, kv.key_cache, kv.value_cache, kv.block_tables, lens_t, scale
     )
     return query, kv, lens_t, expected
 

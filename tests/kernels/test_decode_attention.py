@@ -7,27 +7,11 @@ import torch
 
 from distllm import ops
 from distllm.ops import reference
-from tests.kernels.utils import assert_close, make_paged_kv, needs_native, set_isa
+from tests.kernels.utils import assert_close, make_decode_case, needs_native, set_isa
 
 pytestmark = needs_native
 
 LENS = [1, 19, 70]  # not multiples of any block size
-
-
-def _decode_case(
-    lens: list[int],
-    head_dim: int,
-    num_kv_heads: int,
-    group: int,
-    block_size: int,
-    dtype: torch.dtype,
-    seed: int = 0,
-) -> tuple:
-    gen = torch.Generator().manual_seed(seed)
-    kv = make_paged_kv(lens, num_kv_heads, block_size, head_dim, dtype, gen)
-    query = torch.randn(len(lens), num_kv_heads * group, head_dim, generator=gen).to(dtype)
-    context_lens = torch.tensor(lens, dtype=torch.int32)
-    return query, kv, context_lens, head_dim**-0.5
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -37,7 +21,7 @@ def _decode_case(
 def test_decode_matches_reference(
     head_dim: int, group: int, block_size: int, dtype: torch.dtype
 ) -> None:
-    query, kv, lens, scale = _decode_case(LENS, head_dim, 2, group, block_size, dtype)
+    query, kv, lens, scale = make_decode_case(LENS, head_dim, 2, group, block_size, dtype)
     expected = reference.paged_decode_attention(
         query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale
     )
@@ -51,7 +35,7 @@ def test_decode_matches_reference(
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("group", [4, 8, 16])  # dot path (< 8 rows) and rows path (8, 16 lanes)
 def test_decode_every_isa_and_dtype(isa: str, dtype: torch.dtype, group: int) -> None:
-    query, kv, lens, scale = _decode_case([5, 33, 97], 128, 2, group, 16, dtype, seed=1)
+    query, kv, lens, scale = make_decode_case([5, 33, 97], 128, 2, group, 16, dtype, seed=1)
     expected = reference.paged_decode_attention(
         query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale
     )
@@ -70,7 +54,7 @@ def test_decode_every_isa_and_dtype(isa: str, dtype: torch.dtype, group: int) ->
 @pytest.mark.parametrize("num_splits", [0, 2, 5, 64])
 def test_decode_long_context_split_path(num_splits: int) -> None:
     # one sequence x one KV head: fewer tasks than threads, so auto (0) splits the context too
-    query, kv, lens, scale = _decode_case([1500, 7], 64, 1, 8, 16, torch.float32, seed=2)
+    query, kv, lens, scale = make_decode_case([1500, 7], 64, 1, 8, 16, torch.float32, seed=2)
     expected = reference.paged_decode_attention(
         query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale
     )
@@ -83,7 +67,7 @@ def test_decode_long_context_split_path(num_splits: int) -> None:
 
 @pytest.mark.parametrize("group", [2, 8])
 def test_decode_odd_head_dim_and_out_argument(group: int) -> None:
-    query, kv, lens, scale = _decode_case([3, 40], 80, 3, group, 16, torch.bfloat16, seed=3)
+    query, kv, lens, scale = make_decode_case([3, 40], 80, 3, group, 16, torch.bfloat16, seed=3)
     expected = reference.paged_decode_attention(
         query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale
     )
@@ -96,7 +80,7 @@ def test_decode_odd_head_dim_and_out_argument(group: int) -> None:
 
 
 def test_decode_strided_query_and_int64_metadata() -> None:
-    query, kv, lens, scale = _decode_case([9, 26], 64, 2, 4, 8, torch.float32, seed=4)
+    query, kv, lens, scale = make_decode_case([9, 26], 64, 2, 4, 8, torch.float32, seed=4)
     wide = torch.cat([query, query], dim=-1)[..., :64]  # non-contiguous view
     expected = reference.paged_decode_attention(
         query, kv.key_cache, kv.value_cache, kv.block_tables, lens, scale
@@ -108,7 +92,7 @@ def test_decode_strided_query_and_int64_metadata() -> None:
 
 
 def test_decode_rejects_context_beyond_block_table() -> None:
-    query, kv, lens, scale = _decode_case([9, 16], 64, 2, 4, 8, torch.float32, seed=5)
+    query, kv, lens, scale = make_decode_case([9, 16], 64, 2, 4, 8, torch.float32, seed=5)
     too_long = torch.tensor([9, 17], dtype=torch.int32)  # table holds 2 blocks of 8
     with pytest.raises(RuntimeError, match="exceeds block_tables capacity"):
         ops.paged_decode_attention(

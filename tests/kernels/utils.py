@@ -56,6 +56,23 @@ def make_paged_kv(
     return PagedKV(key_cache, value_cache, tables)
 
 
+def make_decode_case(
+    lens: list[int],
+    head_dim: int,
+    num_kv_heads: int,
+    group: int,
+    block_size: int,
+    dtype: torch.dtype,
+    seed: int = 0,
+) -> tuple[torch.Tensor, PagedKV, torch.Tensor, float]:
+    """(query [num_seqs, num_kv_heads * group, head_dim], paged KV of `lens` tokens, context
+    lens [num_seqs] int32, scale) of a seeded decode case, on CPU."""
+    gen = torch.Generator().manual_seed(seed)
+    kv = make_paged_kv(lens, num_kv_heads, block_size, head_dim, dtype, gen)
+    query = torch.randn(len(lens), num_kv_heads * group, head_dim, generator=gen).to(dtype)
+    return query, kv, torch.tensor(lens, dtype=torch.int32), head_dim**-0.5
+
+
 def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     assert actual.dtype == expected.dtype
     assert torch.isfinite(actual.float()).all()
