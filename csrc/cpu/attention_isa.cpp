@@ -14,7 +14,8 @@
 // Both accumulate P.V per row with the accumulator slice held in registers; with a bf16 cache and
 // query on AVX-512-BF16, K is scored and V accumulated straight from the raw bf16 rows by
 // vdpbf16ps (V as pairs of keys, probabilities rounded to bf16), with no conversion pass.
-// The next tile's K/V rows are prefetched a line at a time from inside the score loops.
+// The next tile's K/V rows are prefetched a line at a time from inside the loops (rows path:
+// K in the score loop, V in the P.V loop; dot path: both in the score loop).
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,7 +58,8 @@ struct Scratch {
   const uint16_t* krow_raw[kTile];  // raw bf16 K rows of the tile (bf16 scores)
   const uint16_t* vrow_raw[kTile];  // raw bf16 V rows of the tile (bf16 P.V)
   const char* pfk[kTile];  // K / V rows of the tile after this one, prefetched while this one is
-  const char* pfv[kTile];  // scored (see prefetch_rows); the current rows when there is none
+  const char* pfv[kTile];  // computed (prefetch_rows / prefetch_k / v_lines); the current rows
+                           // when there is none
   int pf_lines;            // 64-byte lines per K (and V) row
   bool bf16_scores;    // task: scores of bf16 K tiles by bf16 dot products (exact products)
   bool tile_raw_bf16;  // tile: krow_raw is set and K was not converted
@@ -133,10 +135,9 @@ void begin_rows(Scratch& sc, int64_t R, int64_t D, float scale, bool q_is_bf16) 
   }
 }
 
-// Prefetches (into L2) 64-byte line `line` of the next tile's K and V rows [t0, t0 + rows). The
-// score loops call it a few lines at a time, so the memory traffic of tile i + 1 overlaps the
-// arithmetic of tile i instead of stalling in one burst of prefetches (which fills the miss
-// buffers and serialises memory time and compute).
+// Prefetches (into L2) the 64-byte line at p. The loops issue a few lines of the next tile at a
+// time, so the memory traffic of tile i + 1 overlaps the arithmetic of tile i instead of stalling
+// in one burst of prefetches (which fills the miss buffers and serialises memory and compute).
 inline void prefetch_l2(const char* p) {
 #if defined(__x86_64__)
   // NOTE: a volatile asm, because GCC 12 deletes __builtin_prefetch calls inlined into these
@@ -147,6 +148,7 @@ inline void prefetch_l2(const char* p) {
 #endif
 }
 
+// Line `line` of the next tile's K and V rows [t0, t0 + rows) (dot path).
 inline void prefetch_rows(const Scratch& sc, int t0, int rows, int line) {
   if (line >= sc.pf_lines) return;
   for (int j = t0; j < t0 + rows; ++j) {
@@ -220,8 +222,8 @@ inline int64_t paged_offset(const PagedKV& kv, const int32_t* table, int64_t h, 
 }
 
 // Points the tile's row pointers at paged-cache rows [p0, p0 + n) of (seq table, kv head),
-// converting to fp32 when needed, and records the rows [pf, pf + n) of the next tile (pf < 0:
-// none) for prefetch_rows. Blocks are scattered, so the hardware prefetcher cannot run ahead.
+// converting to fp32 when needed, and records the rows [pf, pf + kTile) of the next tile (pf < 0:
+// none) for the prefetches of the tile loops. Blocks are scattered, so the hardware prefetcher cannot run ahead.
 template <typename E>
 void load_paged_tile(Scratch& sc, const PagedKV& kv, const int32_t* table, int64_t h,
                      int64_t p0, int n, int64_t pf, int64_t end, int64_t D) {
