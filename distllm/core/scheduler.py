@@ -48,7 +48,7 @@ class Scheduler(ABC):
     running (device) and swapped (CPU) requests hold blocks.
 
     Up to `num_micro_batches` (the instance's pp) steps may be in flight at once: a request that
-    `schedule()` put in a step is in flight until `update_from_output()` (or `cancel_step()`) of
+    `schedule()` put in a step is in flight until `update_from_output()` (or `release_step()`) of
     that step; it is never scheduled, preempted or swapped meanwhile, and when it finishes
     (abort, stop string) meanwhile, its blocks are freed only once the step is back (the step
     may still write them). Running decodes are shared out: one step takes at most
@@ -82,7 +82,7 @@ class Scheduler(ABC):
         Returns the requests that got a token this step (finished ones included)."""
         now = time.monotonic()
         updated = []
-        self.cancel_step(scheduler_output)
+        self.release_step(scheduler_output)
         for scheduled in scheduler_output.scheduled:
             request = self.requests.get(scheduled.request_id)
             if request is None:  # finished (aborted) after it was scheduled
@@ -100,7 +100,7 @@ class Scheduler(ABC):
             updated.append(request)
         return updated
 
-    def cancel_step(self, scheduler_output: SchedulerOutput) -> None:
+    def release_step(self, scheduler_output: SchedulerOutput) -> None:
         """The step is back (or will never be, e.g. a worker failed): its requests may be
         scheduled again, and those finished while it was in flight give their blocks back."""
         self.num_inflight_swap_outs -= bool(scheduler_output.blocks_to_swap_out)

@@ -200,7 +200,7 @@ class DisaggEngine:
         try:
             result = ray.get(step.refs, timeout=self.disagg.step_timeout_s)[0]
         except ray.exceptions.RayError as e:
-            inst.scheduler.cancel_step(step.scheduler_output)
+            inst.scheduler.release_step(step.scheduler_output)
             if isinstance(e, ray.exceptions.RayActorError):
                 self._kill_instance(inst, f"worker of {inst.name} died: {e}")
             else:
@@ -273,7 +273,7 @@ class DisaggEngine:
 
     def _kill_instance(self, inst: StageEngine, reason: str) -> None:
         for step in inst.inflight:  # NOTE: never coming back; their blocks are free to go
-            inst.scheduler.cancel_step(step.scheduler_output)
+            inst.scheduler.release_step(step.scheduler_output)
         inst.dead_reason, inst.inflight = reason, []
         self._fail(inst, list(inst.scheduler.requests), reason)
         for m in [m for m in self._migrations.values() if inst in (m.src, m.dst)]:

@@ -103,13 +103,13 @@ def test_abort_in_flight_frees_blocks_only_when_the_step_is_back() -> None:
     assert victim.output_token_ids == [7]  # the token of the step in flight is dropped
 
 
-def test_cancel_step_releases_requests_and_pending_frees() -> None:
+def test_release_step_of_a_lost_step_frees_pending_blocks() -> None:
     scheduler = _colocated(pp=2)
     requests = _prefilled(scheduler, 2)
     out = scheduler.schedule()  # req0 (ceil(2 / 2))
     scheduler.finish_requests("req0", RequestStatus.FINISHED_ABORTED)
     scheduler.schedule()  # req1
-    scheduler.cancel_step(out)  # e.g. the worker failed: the step never comes back
+    scheduler.release_step(out)  # e.g. the worker failed: the step never comes back
     assert not scheduler.has_blocks_pending_free
     assert requests[0].block_table == []
     assert scheduler.block_manager.num_free_blocks == 64 - len(requests[1].block_table)
