@@ -9,7 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from distllm.config import check_positive_int
-from distllm.distributed.transport_select import KV_TRANSPORTS  # pure Python: no torch
+from distllm.distributed.transport_select import (  # pure Python: no torch
+    KV_TRANSPORTS,
+    check_kv_transport,
+)
 
 MODES = ("colocated", "disaggregated")
 
@@ -55,9 +58,7 @@ class DisaggConfig:
                              f"{self.decode_pull_threshold}")
         if not self.step_timeout_s > 0:
             raise ValueError(f"step_timeout_s must be > 0, got {self.step_timeout_s}")
-        if self.kv_transport not in KV_TRANSPORTS:
-            raise ValueError(f"--kv-transport must be one of {KV_TRANSPORTS}, got "
-                             f"{self.kv_transport!r}")
+        check_kv_transport(self.kv_transport)
 
     @classmethod
     def from_placement(cls, path: str, **overrides: Any) -> DisaggConfig:

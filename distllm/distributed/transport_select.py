@@ -22,11 +22,12 @@ class WorkerLocation:
     gpu_uuid: str | None = None  # the physical GPU (CUDA_VISIBLE_DEVICES renumbers indices)
 
 
-def check_kv_transport(requested: str, device: str) -> None:
-    """ValueError (naming the flag) when `requested` is unknown or cannot run on `device`."""
+def check_kv_transport(requested: str, device: str | None = None) -> None:
+    """ValueError (naming the flag) when `requested` is unknown or cannot run on `device` (None:
+    where the instances run is not known yet, e.g. when the config is built)."""
     if requested not in KV_TRANSPORTS:
         raise ValueError(f"{_FLAG} must be one of {KV_TRANSPORTS}, got {requested!r}")
-    if requested in ("nccl", "cuda_ipc") and device != "cuda":
+    if device is not None and requested in ("nccl", "cuda_ipc") and device != "cuda":
         raise ValueError(f"{_FLAG} {requested} needs CUDA workers (--device cuda), the "
                          f"instances run on {device}: use {_FLAG} gloo or auto")
 
