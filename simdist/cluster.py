@@ -117,6 +117,8 @@ class Cluster:
         self.num_steps = 0  # steps (prefill batches, decode / colocated iterations) run
         host = HostSpec.from_dict(profile.host)
         self.host = None if host is None else HostModel(host)  # None: no CPU contention
+        # the engine receives (and logs) each request this long after it was sent
+        self.frontend_latency_s = 0.0 if host is None else host.frontend_latency_ms * 1e-3
         used: dict[int, int] = {}  # node -> GPUs handed out
         for i, ispec in enumerate(spec.instances):
             gpus = ispec.gpus
@@ -235,11 +237,6 @@ def _load(inst: DecodeInstance | ColocatedInstance) -> int:
     return inst.load
 
 
-def _frontend_latency_s(cluster: Cluster) -> float:
-    spec = HostSpec.from_dict(cluster.profile.host)
-    return 0.0 if spec is None else spec.frontend_latency_ms * 1e-3
-
-
 def _num_unfinished(inst: ColocatedInstance) -> int:
     return inst.num_unfinished
 
@@ -255,8 +252,8 @@ def simulate(spec: ClusterSpec, profile: LatencyProfile, workload: Workload,
     n = len(arrivals) if num_requests is None else min(num_requests, len(arrivals))
     reqs = [SimRequest(i, arrivals[i], workload.prompt_lens[i], workload.output_lens[i])
             for i in range(n)]
-    lat = _frontend_latency_s(cluster)
-    if lat:  # the engine receives (and logs) each request `lat` after it was sent
+    lat = cluster.frontend_latency_s
+    if lat:
         for r in reqs:
             r.log[0] = (r.log[0][0], r.arrival + lat)
     it = iter(reqs)
