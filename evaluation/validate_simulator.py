@@ -96,22 +96,32 @@ def default_slo(profile: object, model_name: str, rows: list[dict]) -> tuple[flo
     return round(ttft, 1), round(tpot, 1)
 
 
+def measured_host(exp_path: Path, cpu: dict, trace: list[dict], roles: tuple[str, ...],
+                  profile: object, model_name: str) -> dict:
+    """The profile's host section measured in a round (`cpu`: measured_round's CPU seconds;
+    the round's engine steps: its trace replayed without host contention)."""
+    from distllm.profiler.host import frontend_latency_ms, host_section
+    from simdist.calibrate import replay_trace, with_host
+
+    steps = replay_trace(trace, roles, with_host(profile, None), model_name,
+                         sched_spec()).cluster.num_steps
+    host = host_section(cpu, steps, sum(r["output_len"] for r in trace))
+    host["frontend_latency_ms"] = frontend_latency_ms(json.loads(exp_path.read_text()))
+    return host
+
+
 def calibrate_mode(cfg: argparse.Namespace, mode: str, server: Server, traces: dict,
                    profile: object, slo: tuple[float, float]) -> dict:
     """The calibration round (its own trace): the host section measured from the round's CPU
     use (--host), then the profile's terms scaled to the round (simdist.calibrate)."""
-    from distllm.profiler.host import frontend_latency_ms, host_section
-    from simdist.calibrate import calibrate, exp_request_terms, replay_trace, with_host
+    from simdist.calibrate import calibrate, exp_request_terms, with_host
 
     roles, out = MODES[mode][1], Path(cfg.output_dir) / mode / "calibrate"
     path, cpu = quietest_round(cfg, mode, server, traces["calibrate"], slo, out)
     trace = _read_trace(traces["calibrate"])
     base = profile
-    if cfg.host:  # steps of the round: its trace replayed without host contention
-        steps = replay_trace(trace, roles, with_host(profile, None), cfg.profile_model,
-                             sched_spec()).cluster.num_steps
-        host = host_section(cpu, steps, sum(r["output_len"] for r in trace))
-        host["frontend_latency_ms"] = frontend_latency_ms(json.loads(path.read_text()))
+    if cfg.host:
+        host = measured_host(path, cpu, trace, roles, profile, cfg.profile_model)
         base = with_host(profile, host)
         logger.info("%s host: %s", mode, {k: v for k, v in host.items() if k != "measured"})
     real = exp_request_terms(json.loads(path.read_text()))

@@ -146,16 +146,14 @@ def serve_and_bench(model_dir: Path, workdir: Path, rate: float, args: argparse.
     """Serve the placement, replay a seeded Poisson trace at `rate` through the load generator
     (measuring the host's CPU use, distllm.profiler.host) and through simdist; returns
     (measured, predicted) metrics of that trace, the measured host section under "host"."""
-    from distllm.profiler.host import frontend_latency_ms, host_section
     from evaluation.validate_simulator import (
         Server,
+        measured_host,
         measured_round,
         metrics_of,
         run_real,
-        sched_spec,
         simulate_trace,
     )
-    from simdist.calibrate import replay_trace, with_host
     from simdist.profile import load_profile
     from simdist.results import write_exp
     from simdist.workload import read_jsonl
@@ -177,10 +175,7 @@ def serve_and_bench(model_dir: Path, workdir: Path, rate: float, args: argparse.
     profile = load_profile(args.profile)
     sim_path = bench / "simdist.exp"
     write_exp(simulate_trace(trace, "disaggregated", profile, PROFILE_MODEL), sim_path)
-    steps = replay_trace(trace, ("prefill", "decode"), with_host(profile, None), PROFILE_MODEL,
-                         sched_spec()).cluster.num_steps
-    host = host_section(cpu, steps, sum(r["output_len"] for r in trace))
-    host["frontend_latency_ms"] = frontend_latency_ms(json.loads(exp.read_text()))
+    host = measured_host(exp, cpu, trace, ("prefill", "decode"), profile, PROFILE_MODEL)
     return {**metrics_of(exp, slo), "host": host}, metrics_of(sim_path, slo)
 
 
