@@ -88,8 +88,9 @@ class DisaggConfig:
                            help=f"number of {stage} instances")
         g.add_argument("--ray-address", default=None, help="join this Ray cluster")
         g.add_argument("--kv-transport", default="auto", choices=KV_TRANSPORTS,
-                       help="KV migration transport: auto (gloo on CPU, CUDA IPC when prefill "
-                            "and decode share a GPU, NCCL between GPUs), or force one")
+                       help="KV migration transport: auto (shared memory between CPU workers "
+                            "on one node, gloo between CPU nodes, CUDA IPC when prefill and "
+                            "decode share a GPU, NCCL between GPUs), or force one")
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> DisaggConfig | None:

@@ -1,5 +1,6 @@
 """torch.distributed setup of one worker process: the world group over every worker of every
-instance (gloo; KV between CPU workers, and the small CUDA IPC messages, go point-to-point on it),
+instance (gloo; KV between CPU workers on different nodes, and the small shared-memory / CUDA IPC
+messages, go point-to-point on it),
 the TP group of its stage, one 2-rank NCCL group per GPU pair that migrates KV across GPUs, and
 the worker's KV transport built from the driver's `TransportPlan`."""
 from __future__ import annotations
@@ -87,8 +88,8 @@ def warm_up_pairs(pairs: tuple[tuple[int, int], ...], rank: int,
 def build_transport(plan: TransportPlan, rank: int, device: torch.device,
                     pair_backend: str = "nccl") -> KVTransport:
     """This worker's KV transport: NCCL pair groups with its "nccl" peers, CUDA IPC with its
-    "cuda_ipc" peers, gloo (world group) with the rest. Collective (creates and warms up the
-    pair groups).
+    "cuda_ipc" peers, shared memory with its "shm" peers (CPU), gloo (world group) with the
+    rest. Collective (creates and warms up the pair groups).
     `pair_backend` "gloo" runs the NCCL transport's code on CPU (tests)."""
     from distllm.distributed import kv_transport
 
@@ -98,7 +99,10 @@ def build_transport(plan: TransportPlan, rank: int, device: torch.device,
     warm_up_pairs(plan.nccl_pairs, rank, nccl, device)
     routed = kv_transport.RoutedTransport({peer: nccl for peer in groups}, gloo)
     if device.type != "cuda":
-        return routed
+        from distllm.distributed.shm_transport import ShmSlabTransport
+
+        # NOTE: always wrapped on CPU (empty local_peers: no shm peer) so the type is alike
+        return ShmSlabTransport(routed, plan.peers(rank, "shm"))
     from distllm.distributed.cuda_ipc_transport import CudaIpcSlabTransport
 
     # NOTE: always wrapped on CUDA (empty local_peers: no IPC peer) so the type is alike

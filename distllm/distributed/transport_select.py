@@ -1,15 +1,17 @@
 """Which KV transport each (prefill worker, decode worker) pair uses, from where each one runs and
-the `--kv-transport` choice: "auto" picks gloo on CPU, CUDA IPC when both use the same GPU (1P+1D
-sharing it), NCCL for GPUs otherwise (other GPU or other node; no host staging). "gloo" also
-works on GPUs (through host memory). Pure Python: the driver builds one `TransportPlan` for the
-whole world and hands it to every worker (`process_groups.build_transport` applies it)."""
+the `--kv-transport` choice: "auto" picks shared memory ("shm") between CPU workers on the same
+node when /dev/shm is usable there, gloo between CPU workers otherwise, CUDA IPC when both use the
+same GPU (1P+1D sharing it), NCCL for GPUs otherwise (other GPU or other node; no host staging).
+"gloo" also works on GPUs (through host memory). Pure Python: the driver builds one
+`TransportPlan` for the whole world and hands it to every worker (`process_groups.build_transport`
+applies it)."""
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-KV_TRANSPORTS = ("auto", "gloo", "nccl", "cuda_ipc")  # what --kv-transport accepts
-TRANSPORTS = ("gloo", "nccl", "cuda_ipc")  # what a pair ends up using
+KV_TRANSPORTS = ("auto", "gloo", "shm", "nccl", "cuda_ipc")  # what --kv-transport accepts
+TRANSPORTS = ("gloo", "shm", "nccl", "cuda_ipc")  # what a pair ends up using
 _FLAG = "--kv-transport"
 
 
@@ -20,6 +22,7 @@ class WorkerLocation:
     node_id: str  # Ray node id (or host name)
     device: str  # "cpu" or "cuda"
     gpu_uuid: str | None = None  # the physical GPU (CUDA_VISIBLE_DEVICES renumbers indices)
+    has_shm: bool = False  # /dev/shm usable by this worker (shared memory with same-node peers)
 
 
 def check_kv_transport(requested: str, device: str | None = None) -> None:
@@ -30,6 +33,9 @@ def check_kv_transport(requested: str, device: str | None = None) -> None:
     if device is not None and requested in ("nccl", "cuda_ipc") and device != "cuda":
         raise ValueError(f"{_FLAG} {requested} needs CUDA workers (--device cuda), the "
                          f"instances run on {device}: use {_FLAG} gloo or auto")
+    if device is not None and requested == "shm" and device != "cpu":
+        raise ValueError(f"{_FLAG} shm needs CPU workers (--device cpu), the instances run on "
+                         f"{device}: use {_FLAG} cuda_ipc, nccl or auto")
 
 
 def choose_transport(src: WorkerLocation, dst: WorkerLocation, requested: str = "auto") -> str:
@@ -42,8 +48,13 @@ def choose_transport(src: WorkerLocation, dst: WorkerLocation, requested: str = 
     same_gpu = is_same_gpu(src, dst)
     if requested == "auto":
         if src.device != "cuda":
-            return "gloo"
+            return "shm" if is_same_node_shm(src, dst) else "gloo"
         return "cuda_ipc" if same_gpu else "nccl"
+    if requested == "shm" and not is_same_node_shm(src, dst):
+        raise ValueError(f"{_FLAG} shm: a prefill worker ({src.node_id}, shm usable: "
+                         f"{src.has_shm}) and a decode worker ({dst.node_id}, shm usable: "
+                         f"{dst.has_shm}) do not share a node with a usable /dev/shm: use "
+                         f"{_FLAG} gloo or auto")
     if requested == "nccl" and same_gpu:
         raise ValueError(f"{_FLAG} nccl: a prefill and a decode worker share GPU "
                          f"{src.gpu_uuid} on {src.node_id}, and NCCL cannot connect two ranks on "
@@ -53,6 +64,12 @@ def choose_transport(src: WorkerLocation, dst: WorkerLocation, requested: str = 
                          f"a decode worker ({dst.node_id}/{dst.gpu_uuid}) are on different GPUs, "
                          f"and IPC handles open only on the same GPU: use {_FLAG} nccl or auto")
     return requested
+
+
+def is_same_node_shm(src: WorkerLocation, dst: WorkerLocation) -> bool:
+    """Both CPU workers on one node and both can use /dev/shm (shared memory between them)."""
+    return (src.device == dst.device == "cpu" and bool(src.node_id)
+            and src.node_id == dst.node_id and src.has_shm and dst.has_shm)
 
 
 def is_same_gpu(src: WorkerLocation, dst: WorkerLocation) -> bool:
@@ -108,9 +125,12 @@ def plan_transports(pairs: Iterable[tuple[int, int]], locations: list[WorkerLoca
 
 
 def local_location(node_id: str, device: str) -> WorkerLocation:
-    """This process's location (the CUDA device it uses is the current one)."""
+    """This process's location (the CUDA device it uses is the current one; a CPU worker says
+    whether it can use /dev/shm)."""
     if device != "cuda":
-        return WorkerLocation(node_id, device)
+        from distllm.distributed.shm_transport import is_shm_usable
+
+        return WorkerLocation(node_id, device, has_shm=device == "cpu" and is_shm_usable())
     import torch
 
     props = torch.cuda.get_device_properties(torch.cuda.current_device())

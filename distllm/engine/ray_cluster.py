@@ -18,7 +18,6 @@ from distllm.config import EngineConfig
 from distllm.distributed.kv_transport import plan_migration
 from distllm.distributed.transport_select import (
     TransportPlan,
-    WorkerLocation,
     check_kv_transport,
     plan_transports,
 )
@@ -112,16 +111,12 @@ def init_world(instances: list[InstanceWorkers], timeout_s: float,
 
 def plan_world_transports(instances: list[InstanceWorkers], kv_transport: str,
                           timeout_s: float) -> TransportPlan:
-    """The transport plan of numbered instances. CPU workers are not asked where they run (gloo
-    only, or a ValueError for a forced GPU transport); CUDA workers report their GPU."""
+    """The transport plan of numbered instances. Every worker reports where it runs (node, GPU,
+    whether /dev/shm is usable); a forced transport the devices cannot run fails first."""
     for inst in instances:
         check_kv_transport(kv_transport, inst.config.device)
     workers = [w for inst in instances for w in inst.workers]
-    if all(inst.config.device != "cuda" for inst in instances):
-        locations = [WorkerLocation("", inst.config.device) for inst in instances
-                     for _ in inst.workers]
-    else:
-        locations = ray.get([w.location.remote() for w in workers], timeout=timeout_s)
+    locations = ray.get([w.location.remote() for w in workers], timeout=timeout_s)
     plan = plan_transports(migration_pairs(instances), locations, kv_transport)
     logger.info("KV transports (%s): %s", kv_transport, plan.routes)
     return plan

@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 
 from distllm.distributed import kv_transport as kvt
 from distllm.distributed.cuda_ipc_transport import CudaIpcSlabTransport
+from distllm.distributed.shm_transport import ShmSlabTransport
 from distllm.distributed.transport_select import TransportPlan
 
 SRC_BLOCKS = [4, 1, 3]  # the request's blocks on the prefill side
@@ -49,10 +50,10 @@ def _head_slice(caches: kvt.KVCaches, heads: tuple[int, int], device: torch.devi
 
 
 def route_name(transport: kvt.KVTransport, peer: int) -> str:
-    """Which transport `transport` uses with `peer`: gloo, nccl or cuda_ipc."""
-    if isinstance(transport, CudaIpcSlabTransport):
+    """Which transport `transport` uses with `peer`: gloo, shm, nccl or cuda_ipc."""
+    if isinstance(transport, CudaIpcSlabTransport | ShmSlabTransport):
         if peer in transport.local_peers:
-            return "cuda_ipc"
+            return "cuda_ipc" if isinstance(transport, CudaIpcSlabTransport) else "shm"
         transport = transport.fallback
     if isinstance(transport, kvt.RoutedTransport):
         transport = transport.routes.get(peer, transport.default)

@@ -1,0 +1,240 @@
+"""Same-node CPU KV transport: the prefill worker copies a slab into a shared-memory segment under
+/dev/shm that it keeps per decode peer, and sends only a small header of ints over the gloo world
+group; the decode worker maps the segment (once), copies the slab out and acks, and only then may
+the sender reuse the segment. Peers on other nodes go through the fallback transport (gloo).
+
+    sender                                   receiver
+    segment fits? else create a bigger one
+    copy slab into the segment
+    send header [nbytes, pid, seq, dtype,    recv header; map /dev/shm/distllm-kv-<pid>-<seq>
+                 ndim, shape...]       --->  (cached per peer), check shape and dtype,
+                                             copy out
+    recv [ack]; first ack of the segment <--- send [ack] (0: rejected, the sender raises too)
+    -> unlink its file (mappings stay)
+
+NOTE: only int64 tensors travel and the segment name is built from ints: nothing from a peer is
+unpickled and no peer-chosen path is opened.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import mmap
+import os
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from distllm.distributed.kv_transport import KVTransport
+
+logger = logging.getLogger(__name__)
+
+SHM_DIR = "/dev/shm"
+SEGMENT_PREFIX = "distllm-kv"
+MIN_SEGMENT_BYTES = 1 << 20
+MAX_NDIM = 8
+_HEADER_LEN = 5 + MAX_NDIM  # nbytes, pid, seq, dtype code, ndim, shape padded with 0
+_DTYPES = tuple(d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64,
+                            torch.uint8, torch.int8, torch.int32, torch.int64,
+                            getattr(torch, "float8_e4m3fn", None),
+                            getattr(torch, "float8_e5m2", None)) if d is not None)
+_SEQ = itertools.count()  # NOTE: segment numbers unique within this process (several transports)
+
+
+def segment_path(pid: int, seq: int) -> str:
+    """Where the segment `seq` of process `pid` lives (built from ints only)."""
+    return os.path.join(SHM_DIR, f"{SEGMENT_PREFIX}-{int(pid)}-{int(seq)}")
+
+
+def is_shm_usable(directory: str = SHM_DIR) -> bool:
+    """Shared memory between processes of this node works: `directory` exists and is writable."""
+    return os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK)
+
+
+def sweep_stale_segments(directory: str = SHM_DIR) -> list[str]:
+    """Unlink the segment files of processes that no longer run (a sender killed between creating
+    a segment and its first ack); returns their names."""
+    removed = []
+    for name in os.listdir(directory) if os.path.isdir(directory) else []:
+        parts = name.split("-")
+        if not name.startswith(SEGMENT_PREFIX + "-") or len(parts) != 4 or not parts[2].isdigit():
+            continue
+        try:
+            os.kill(int(parts[2]), 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(directory, name))
+                removed.append(name)
+            except FileNotFoundError:
+                pass
+        except PermissionError:  # NOTE: alive, another user's
+            continue
+    return removed
+
+
+def _close_all(*segments: dict[int, _Segment]) -> None:
+    for by_rank in segments:
+        for segment in by_rank.values():
+            segment.close()
+        by_rank.clear()
+
+
+@dataclass
+class _Segment:
+    """One mapped segment and a uint8 view of it."""
+
+    seq: int
+    path: str
+    mem: mmap.mmap
+    view: torch.Tensor  # [capacity], uint8, cpu, shares the mapping
+    is_linked: bool = True  # its file still exists under /dev/shm
+
+    def close(self) -> None:
+        self.unlink()
+        self.view = torch.empty(0, dtype=torch.uint8)
+        try:
+            self.mem.close()
+        except BufferError:  # NOTE: a view is still alive somewhere; GC unmaps it later
+            logger.debug("shm segment %s still viewed; left to the GC", self.path)
+
+    def unlink(self) -> None:
+        if self.is_linked:
+            self.is_linked = False
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+def _map(path: str, size: int, create: bool) -> _Segment:
+    flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        if create:
+            os.ftruncate(fd, size)
+        else:
+            size = os.fstat(fd).st_size
+        mem = mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+    view = torch.frombuffer(mem, dtype=torch.uint8) if size else torch.empty(0, dtype=torch.uint8)
+    return _Segment(-1, path, mem, view)
+
+
+def _as_bytes(t: torch.Tensor) -> torch.Tensor:
+    """[nbytes] uint8 view of a contiguous tensor."""
+    flat = t.reshape(-1)
+    return flat.view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8)
+
+
+def _header(nbytes: int, seq: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    if len(shape) > MAX_NDIM or dtype not in _DTYPES:
+        raise ValueError(f"shm KV transport: slab {tuple(shape)} {dtype} not supported "
+                         f"(at most {MAX_NDIM} dims, dtypes {_DTYPES})")
+    pad = [0] * (MAX_NDIM - len(shape))
+    return torch.tensor([nbytes, os.getpid(), seq, _DTYPES.index(dtype), len(shape),
+                         *shape, *pad], dtype=torch.int64)
+
+
+class ShmSlabTransport(KVTransport):
+    """KV slabs between CPU workers: shared memory with the peers on this node, `fallback`
+    otherwise.
+
+    Args:
+        fallback: transport for the other peers (gloo).
+        local_peers: global ranks on this worker's node.
+        group: the gloo process group the headers and acks use (None: world).
+    """
+
+    def __init__(self, fallback: KVTransport, local_peers: set[int], group: Any = None) -> None:
+        self.fallback, self.local_peers, self.group = fallback, local_peers, group
+        self._staging: dict[int, _Segment] = {}  # dst rank -> the segment slabs to it go through
+        self._mapped: dict[int, _Segment] = {}  # src rank -> its segment, mapped here
+        # NOTE: one lock per direction: a worker sending and receiving at once cannot deadlock
+        self._send_lock, self._recv_lock = threading.Lock(), threading.Lock()
+        # NOTE: runs on close(), when the transport is collected (a rebuilt world) or at exit
+        self._finalizer = weakref.finalize(self, _close_all, self._staging, self._mapped)
+        sweep_stale_segments()
+
+    def send(self, slab: torch.Tensor, dst_rank: int) -> None:
+        if dst_rank not in self.local_peers:
+            self.fallback.send(slab, dst_rank)
+            return
+        import torch.distributed as dist
+
+        data = _as_bytes(slab.detach().cpu().contiguous())  # [nbytes], uint8
+        with self._send_lock:
+            segment = self._staging_for(dst_rank, data.numel())
+            segment.view[:data.numel()].copy_(data)
+            header = _header(data.numel(), segment.seq, slab.dtype, tuple(slab.shape))
+            dist.send(header, dst_rank, self.group)
+            ack = torch.zeros(1, dtype=torch.int64)
+            dist.recv(ack, dst_rank, self.group)
+            segment.unlink()  # NOTE: the peer has it mapped now (or refused it): no leak
+        if ack.item() != 1:
+            raise RuntimeError(f"shm KV transport: rank {dst_rank} rejected a slab of shape "
+                               f"{tuple(slab.shape)} {slab.dtype} (it expected another)")
+
+    def recv(self, shape: tuple[int, ...], dtype: torch.dtype, src_rank: int) -> torch.Tensor:
+        if src_rank not in self.local_peers:
+            return self.fallback.recv(shape, dtype, src_rank)
+        import torch.distributed as dist
+
+        header = torch.zeros(_HEADER_LEN, dtype=torch.int64)
+        dist.recv(header, src_rank, self.group)
+        try:
+            with self._recv_lock:
+                slab = self._copy_out(header.tolist(), tuple(shape), dtype, src_rank)
+        except Exception:
+            dist.send(torch.zeros(1, dtype=torch.int64), src_rank, self.group)
+            raise
+        dist.send(torch.ones(1, dtype=torch.int64), src_rank, self.group)
+        return slab
+
+    def close(self) -> None:
+        """Unmap every segment and unlink the files still there (idempotent)."""
+        with self._send_lock, self._recv_lock:
+            self._finalizer()
+
+    def _staging_for(self, dst_rank: int, nbytes: int) -> _Segment:
+        """The staging segment to `dst_rank`, re-created bigger when `nbytes` do not fit."""
+        segment = self._staging.get(dst_rank)
+        if segment is not None and segment.view.numel() >= nbytes:
+            return segment
+        old = segment.view.numel() if segment is not None else 0
+        if segment is not None:
+            segment.close()
+        size = max(MIN_SEGMENT_BYTES, nbytes, 2 * old)
+        size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+        seq = next(_SEQ)
+        segment = _map(segment_path(os.getpid(), seq), size, create=True)
+        segment.seq = seq
+        self._staging[dst_rank] = segment
+        logger.debug("shm staging to rank %d: %s, %d bytes", dst_rank, segment.path, size)
+        return segment
+
+    def _copy_out(self, header: list[int], shape: tuple[int, ...], dtype: torch.dtype,
+                  src_rank: int) -> torch.Tensor:
+        nbytes, pid, seq, code, ndim = header[:5]
+        sent_shape = tuple(header[5:5 + ndim]) if 0 <= ndim <= MAX_NDIM else None
+        sent_dtype = _DTYPES[code] if 0 <= code < len(_DTYPES) else None
+        out = torch.empty(shape, dtype=dtype)  # the caller's slab shape
+        if sent_shape != tuple(shape) or sent_dtype != dtype or nbytes != out.nbytes:
+            raise RuntimeError(f"shm KV transport: rank {src_rank} sent a slab of shape "
+                               f"{sent_shape} {sent_dtype} ({nbytes} bytes), expected "
+                               f"{tuple(shape)} {dtype} ({out.nbytes} bytes)")
+        segment = self._mapped.get(src_rank)
+        if segment is None or segment.path != segment_path(pid, seq):
+            if segment is not None:
+                segment.close()
+            segment = _map(segment_path(pid, seq), 0, create=False)
+            segment.is_linked = False  # NOTE: the sender owns (and unlinks) the file
+            self._mapped[src_rank] = segment
+        if segment.view.numel() < nbytes:
+            raise RuntimeError(f"shm KV transport: segment {segment.path} from rank {src_rank} "
+                               f"holds {segment.view.numel()} bytes, the slab {nbytes}")
+        _as_bytes(out).copy_(segment.view[:nbytes])
+        return out
