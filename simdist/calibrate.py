@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 
+import numpy as np
+
 from distllm.metrics import RequestRecord
 from distllm.request import Lifetime
 from simdist.cluster import ClusterSpec, InstanceSpec, SchedulerSpec, simulate
@@ -21,6 +23,13 @@ from simdist.results import SimResult
 from simdist.workload import Workload
 
 TERMS = ("queueing", "prefill", "transfer", "decode")
+MIN_SPREAD = 0.15  # decode_fit: least (max - min) / median of the rounds' simulated times
+MIN_SCALE = 0.5  # decode_fit: a smaller slope (most of a step fixed) is rejected
+# NOTE: one point per round: within a round the simulated batch history of a request is a noisy
+# stand-in for the real one, and fitting across requests flattens the slope (errors in the
+# variable): on the quiet validation run's rounds it gave scale 0.05-0.2 and step ~10 ms,
+# which mispredicts TPOT at other rates; across rounds at different rates it is ~1 and 1-2.5 ms
+NUM_BINS = 1  # decode_fit: bins (equal count by simulated time) per calibration round
 
 
 def request_terms(rec: RequestRecord, life: Lifetime) -> dict[str, float] | None:
@@ -102,7 +111,55 @@ def median_ratios(real: Sequence[dict | None], sim: Sequence[dict | None]) -> di
     return out
 
 
-def _scaled(d: dict, model_name: str, step: dict[str, float]) -> dict:
+def _binned(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """[num_points, 3] (median x, median y, count): each group's requests in NUM_BINS bins of
+    equal count by x (medians damp the per-request noise of a shared host)."""
+    points = []
+    for g in np.unique(groups):
+        order = np.argsort(x[groups == g], kind="stable")
+        gx, gy = x[groups == g][order], y[groups == g][order]
+        for part in np.array_split(np.arange(len(gx)), min(NUM_BINS, len(gx))):
+            points.append((np.median(gx[part]), np.median(gy[part]), len(part)))
+    return np.asarray(points, dtype=float)
+
+
+def decode_fit(real_ms: Sequence[float], sim_ms: Sequence[float],
+               groups: Sequence[int] | None = None, min_spread: float = MIN_SPREAD) -> dict:
+    """Fit real = scale * sim + step_ms of per-request decode time per token (ms): weighted
+    least squares on binned medians (`_binned`; `groups`: the round of each request), step_ms
+    clamped at 0 (then scale = median real / sim). Where the bins' simulated times span less
+    than `min_spread` of their median (every request saw about the same batch) the fixed term
+    cannot be told from the scale: step_ms = 0, `identified` False, and `note` says why."""
+    x, y = np.asarray(sim_ms, dtype=float), np.asarray(real_ms, dtype=float)
+    g = np.zeros(len(x), dtype=int) if groups is None else np.asarray(groups)
+    keep = (x > 0) & (y > 0)
+    x, y, g = x[keep], y[keep], g[keep]
+    if len(x) == 0:
+        return {"scale": 1.0, "step_ms": 0.0, "residual_ms": 0.0, "residual_rel": 0.0,
+                "identified": False, "note": "no decode times", "num_requests": 0}
+    scale, step, identified = float(np.median(y / x)), 0.0, False
+    pts = _binned(x, y, g)
+    px, py, w = pts[:, 0], pts[:, 1], pts[:, 2]
+    if len(pts) >= 2 and px.max() - px.min() >= min_spread * np.median(px):
+        xm, ym = np.average(px, weights=w), np.average(py, weights=w)
+        slope = float(np.sum(w * (px - xm) * (py - ym)) / np.sum(w * (px - xm) ** 2))
+        intercept = float(ym - slope * xm)
+        if slope >= MIN_SCALE and intercept >= 0:
+            scale, step, identified = slope, intercept, True
+        note = "fit" if identified else (f"fit rejected (scale {slope:.2f} < {MIN_SCALE} or "
+                                         f"step {intercept:.2f} ms < 0): step_ms = 0")
+    else:
+        note = "one batch regime (simulated times barely vary): step_ms = 0"
+    res = np.abs(y - (scale * x + step))
+    return {"scale": scale, "step_ms": step, "residual_ms": float(np.median(res)),
+            "residual_rel": float(np.median(res) / np.median(y)), "identified": identified,
+            "note": note, "num_requests": int(len(x))}
+
+
+def _scaled(d: dict, model_name: str, step: dict[str, float],
+            decode_step_ms: float | None = None) -> dict:
+    """The profile dict with its prefill / decode coefficients and transfer costs scaled by
+    `step`, and (when given) overhead.decode_step_ms set."""
     d = copy.deepcopy(d)
     for entry in d["models"][model_name]["tp"].values():
         entry["prefill"] = [x * step["prefill"] for x in entry["prefill"]]
@@ -110,24 +167,56 @@ def _scaled(d: dict, model_name: str, step: dict[str, float]) -> dict:
             entry[key] = [x * step["decode"] for x in entry[key]]
     d["overhead"]["transfer_ms"] = d["overhead"].get("transfer_ms", 0.0) * step["transfer"]
     d["interconnect"] = {k: v / step["transfer"] for k, v in d["interconnect"].items()}
+    if decode_step_ms is not None:
+        d["overhead"]["decode_step_ms"] = decode_step_ms
     return d
 
 
-def calibrate(profile: LatencyProfile, model_name: str, trace: Sequence[dict],
-              roles: Sequence[str], real: Sequence[dict | None],
-              sched: SchedulerSpec | None = None, rounds: int = 3) -> dict:
-    """Profile dict whose prefill, decode and transfer terms are scaled until the simulated
-    trace spends per request (median ratio) what the real run did (`real`: request_terms of
-    the same trace, in order); fixed point, as scaling changes the batching. The factors are
-    recorded under "calibration"."""
+def _pooled_terms(d: dict, source: str, model_name: str, samples: Sequence[tuple],
+                  roles: Sequence[str], sched: SchedulerSpec | None) -> tuple[list, list, list]:
+    """(real, simulated) request terms of every sample's trace, pooled in order, and the
+    sample index of each."""
+    prof = LatencyProfile.from_dict(d, source=source)
+    real, sim, groups = [], [], []
+    for k, (trace, real_terms) in enumerate(samples):
+        if len(trace) != len(real_terms):
+            raise ValueError(f"a calibration sample has {len(trace)} requests in its trace and "
+                             f"{len(real_terms)} real request terms")
+        real += list(real_terms)
+        sim += exp_request_terms(simulate_trace(trace, roles, prof, model_name, sched))
+        groups += [k] * len(trace)
+    return real, sim, groups
+
+
+def calibrate(profile: LatencyProfile, model_name: str, samples: Sequence[tuple],
+              roles: Sequence[str], sched: SchedulerSpec | None = None, rounds: int = 3,
+              fit_step: bool = True) -> dict:
+    """Profile dict fitted to real rounds: `samples` = [(trace, real)] (real: request_terms
+    of that trace's requests, in order; several rounds pool their requests). Per round of a
+    fixed point (scaling changes the batching): prefill and transfer terms scaled by the
+    pooled median real/simulated ratio; decode per token fitted as scale * (simulated step
+    without the fixed term) + decode_step_ms (decode_fit; `fit_step` False: scale only).
+    The result is recorded under "calibration"."""
     d = profile.to_dict()
+    d["overhead"] = dict(d.get("overhead", {}))
     factors = {"prefill": 1.0, "decode": 1.0, "transfer": 1.0}
+    fit: dict = {}
     for _ in range(rounds):
-        prof = LatencyProfile.from_dict(d, source=profile.source)
-        sim = exp_request_terms(simulate_trace(trace, roles, prof, model_name, sched))
+        real, sim, groups = _pooled_terms(d, profile.source, model_name, samples, roles, sched)
         step = median_ratios(real, sim)
-        d = _scaled(d, model_name, step)
+        cur = float(d["overhead"].get("decode_step_ms", 0.0))
+        pairs = [(1e3 * r["decode"], 1e3 * s["decode"] - cur, k)
+                 for r, s, k in zip(real, sim, groups, strict=True)
+                 if r is not None and s is not None and r["decode"] > 0 and s["decode"] > 0]
+        if fit_step:
+            fit = decode_fit(*zip(*pairs, strict=True)) if pairs else decode_fit([], [])
+            step["decode"] = fit["scale"]
+        d = _scaled(d, model_name, step, fit["step_ms"] if fit_step else None)
         factors = {k: factors[k] * step[k] for k in factors}
-    d["calibration"] = {"roles": list(roles), "factors": factors, "num_requests": len(trace)}
+    d["calibration"] = {
+        "roles": list(roles), "factors": factors,
+        "decode_step_ms": float(d["overhead"].get("decode_step_ms", 0.0)),
+        "decode_fit": fit, "rounds_used": len(samples),
+        "num_requests": sum(len(t) for t, _ in samples)}
     d["source"] = f"{profile.source} (calibrated)"
     return d

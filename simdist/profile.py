@@ -3,8 +3,9 @@ for DistServe's published A100 files.
 
     prefill_ms = a + b*sum(l) + c*sum(l^2)        per model, per TP
     decode_ms  = a + b*sum(ctx) + c*batch         small / large batch regimes
-plus a per-iteration overhead (iteration_ms + per_token_ms * tokens), PP dividing the time, KV
-bytes per token, KV capacity in tokens per (tp, pp), and interconnect bandwidths.
+plus a per-iteration overhead (iteration_ms + per_token_ms * tokens; decode_step_ms on decode
+iterations only: the engine loop's fixed cost per step fitted by simdist.calibrate), PP dividing
+the time, KV bytes per token, KV capacity in tokens per (tp, pp), and interconnect bandwidths.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class StageCost:
     """Iteration times (seconds) of one instance configuration (model, tp, pp). Hot path."""
 
     __slots__ = ("pa", "pb", "pc", "sa", "sb", "sc", "la", "lb", "lc", "threshold", "pp",
-                 "it_s", "tok_s", "stage_s")
+                 "it_s", "tok_s", "stage_s", "dstep_s")
 
     def __init__(self, coeffs: dict, pp: int, overhead: dict) -> None:
         ms = 1e-3
@@ -41,6 +42,8 @@ class StageCost:
         self.it_s = overhead.get("iteration_ms", 0.0) * ms
         self.tok_s = overhead.get("per_token_ms", 0.0) * ms
         self.stage_s = overhead.get("prefill_stage_ms", 0.0) * ms
+        # NOTE: 0.0 when absent, and (a + it_s) + 0.0 == a + it_s: bit-identical steps
+        self.dstep_s = overhead.get("decode_step_ms", 0.0) * ms
 
     def prefill_stage(self, sum_l: int, sum_l2: int) -> float:
         """Time one pipeline stage is busy with a prefill batch (latency = pp * this)."""
@@ -54,7 +57,8 @@ class StageCost:
             a, b, c = self.sa, self.sb, self.sc
         else:
             a, b, c = self.la, self.lb, self.lc
-        return a + self.it_s + (b * sum_ctx + c * batch + self.tok_s * sum_ctx) / self.pp
+        fixed = a + self.it_s + self.dstep_s
+        return fixed + (b * sum_ctx + c * batch + self.tok_s * sum_ctx) / self.pp
 
     def prefill_extra(self, sum_l: int, sum_l2: int) -> float:
         """Marginal time of prefill tokens added to a decode iteration (chunked prefill,
@@ -71,7 +75,7 @@ class LatencyProfile:
     hardware: str
     models: dict[str, dict]
     engine: str = "distllm"
-    overhead: dict[str, float] = field(default_factory=dict)  # iteration_ms, per_token_ms, ...
+    overhead: dict[str, float] = field(default_factory=dict)  # iteration_ms, decode_step_ms, ...
     interconnect: dict[str, float] = field(default_factory=dict)  # nvlink_gb_s, network_gb_s
     source: str = ""
     host: dict = field(default_factory=dict)  # optional CPU-host section (simdist.host)

@@ -38,7 +38,8 @@ def test_calibration_recovers_known_scale_factors() -> None:
     roles = ("prefill", "decode")
     real_exp = simulate_trace(trace, roles, slow, "distllm-demo")
     real = exp_terms(real_exp)
-    d = calibrate(prof, "distllm-demo", trace, roles, exp_request_terms(real_exp), rounds=4)
+    d = calibrate(prof, "distllm-demo", [(trace, exp_request_terms(real_exp))], roles,
+                  rounds=4)
     assert d["calibration"]["factors"] == pytest.approx(truth, rel=0.02)
     again = exp_terms(simulate_trace(trace, roles, LatencyProfile.from_dict(d), "distllm-demo"))
     for term in ("prefill", "decode", "transfer"):
