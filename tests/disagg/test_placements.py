@@ -13,7 +13,8 @@ from tests.disagg.conftest import ENGINE_KWARGS, greedy_params
 
 PLACEMENTS = {
     "p1-d1": dict(mode="disaggregated"),
-    "p-tp2-d1": dict(mode="disaggregated", prefill_tp=2),
+    "p-tp2-d1": dict(mode="disaggregated", prefill_tp=2),  # KV over shared memory (auto, CPU)
+    "p-tp2-d1-gloo": dict(mode="disaggregated", prefill_tp=2, kv_transport="gloo"),
     "p-pp2-d-tp2": dict(mode="disaggregated", prefill_pp=2, decode_tp=2),
     "2p-1d": dict(mode="disaggregated", num_prefill_instances=2),
     "colocated-tp2": dict(mode="colocated", decode_tp=2),
