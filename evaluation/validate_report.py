@@ -1,6 +1,7 @@
 """Report side of evaluation/validate_simulator.py: metrics of a `.exp`, simulated-vs-real errors
 with the lifecycle term that is most off, pass rule, medians over repeated rounds, the overlay
-plot and the text table (with the host's measured CPU use and the calibration factors).
+plot and the text table (with the host's measured CPU use and the calibration: rounds, factors,
+fixed per-step decode cost).
 """
 from __future__ import annotations
 
@@ -134,14 +135,27 @@ def _spread_text(row: dict) -> str:
     return text + (" (noise)" if not row["pass"] and row.get("within_spread") else "")
 
 
+def calibration_lines(mode: str, cal: dict) -> list[str]:
+    """The calibration of one mode: rounds (and their rates), factors, the fixed per-step
+    decode cost and how its fit went (simdist.calibrate.decode_fit)."""
+    f, fit = cal["factors"], cal.get("decode_fit") or {}
+    rates = "/".join(f"{r:g}" for r in cal.get("rates", []))
+    lines = [f"{mode}: calibration on {cal.get('rounds_used', 1)} round(s)"
+             + (f" at {rates} req/s" if rates else "") + f" ({cal['num_requests']} requests): "
+             f"factors prefill {f['prefill']:.3f} decode {f['decode']:.3f} transfer "
+             f"{f['transfer']:.3f}, fixed decode step {cal.get('decode_step_ms', 0.0):.2f} ms"]
+    if fit:
+        lines.append(f"  decode fit: {fit['note']}; residual {fit['residual_ms']:.2f} ms/token "
+                     f"({100 * fit['residual_rel']:.0f} %)")
+    return lines
+
+
 def host_lines(report: dict) -> list[str]:
     """Per mode: the calibration factors and measured host section, and the host's CPU use
     (cores) in each rate's real rounds: the direction of the contention the model follows."""
     lines = []
     for mode, cal in report.get("calibration", {}).items():
-        f = cal["factors"]
-        lines.append(f"{mode}: calibration factors prefill {f['prefill']:.3f} decode "
-                     f"{f['decode']:.3f} transfer {f['transfer']:.3f}")
+        lines += calibration_lines(mode, cal)
         host = report.get("host", {}).get(mode)
         if host:
             lines.append(f"  host ({host['cores']} cores): frontend "

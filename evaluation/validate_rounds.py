@@ -1,18 +1,24 @@
 """Real rounds of evaluation/validate_simulator.py: `distllm serve` in a subprocess, load-generator
-rounds replaying a trace, and the host's CPU use over a round (distllm.profiler.host), with the
-calibration round repeated while other processes keep the host busy.
+rounds replaying a trace, and the host's CPU use over a round (distllm.profiler.host), with each
+calibration round repeated while other processes keep the host busy, its rate, and the host
+section measured in a round and pooled over the rounds.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
+
+import numpy as np
 
 logger = logging.getLogger("validate_simulator")
 # the engine's scheduler limits (serve defaults); the simulator gets the same
 SERVE_FLAGS = ["--num-kv-blocks", "2048", "--max-num-seqs", "64",
                "--max-num-batched-tokens", "4096"]
+SCHED_LIMITS = dict(max_prefill_tokens=4096, max_batch_size=64,  # as SERVE_FLAGS
+                    colocated_routing="requests")  # as the engine routes
 QUIET_CORES = 0.25  # other load (cores) under which a calibration round counts as quiet
 
 
@@ -95,3 +101,47 @@ def quietest_round(cfg: argparse.Namespace, mode: str, server: Server, trace_pat
         logger.warning("%s calibration round %d: other processes kept %.2f cores busy", mode,
                        k, other)
     return best[1], best[2]
+
+
+def sched_spec():  # noqa: ANN201 - simdist.cluster.SchedulerSpec, imported lazily
+    from simdist.cluster import SchedulerSpec
+
+    return SchedulerSpec(**SCHED_LIMITS)
+
+
+def measured_host(exp_path: Path, cpu: dict, trace: list[dict], roles: tuple[str, ...],
+                  profile: object, model_name: str) -> dict:
+    """The profile's host section measured in a round (`cpu`: measured_round's CPU seconds;
+    the round's engine steps: its trace replayed without host contention)."""
+    from distllm.profiler.host import frontend_latency_ms, host_section
+    from simdist.calibrate import replay_trace, with_host
+
+    steps = replay_trace(trace, roles, with_host(profile, None), model_name,
+                         sched_spec()).cluster.num_steps
+    host = host_section(cpu, steps, sum(r["output_len"] for r in trace))
+    host["frontend_latency_ms"] = frontend_latency_ms(json.loads(exp_path.read_text()))
+    return host
+
+
+def pooled_host(hosts: list[dict]) -> dict:
+    """One host section from several rounds' (measured_host): per key the median of the
+    rounds' values (a burst of other load in one round moves a median of three by nothing, of
+    two by half); each round's raw figures are kept under measured.rounds."""
+    keys = [k for k, v in hosts[0].items() if isinstance(v, int | float)]
+    out = {k: float(np.median([h[k] for h in hosts])) for k in keys}
+    if "cores" in out:
+        out["cores"] = int(round(out["cores"]))
+    out["measured"] = {"how": f"median per key of {len(hosts)} calibration rounds",
+                       "rounds": [{k: v for k, v in h.items() if k != "measured"}
+                                  | {"raw": h.get("measured", {})} for h in hosts]}
+    return out
+
+
+def calibration_rates(cfg: argparse.Namespace) -> list[float]:
+    """Rate of each calibration round: --calibrate-rate, then (1 - spread) and (1 + spread)
+    times it, cycling. NOTE: rounds at one rate see about the same batches, so the decode fit
+    cannot tell a fixed per-step cost from a scale (simdist.calibrate.decode_fit); the second
+    round goes lower, where this host's rounds are also the least noisy."""
+    rate = cfg.calibrate_rate or float(np.median(cfg.rates))
+    factors = (1.0, 1.0 - cfg.calibrate_rate_spread, 1.0 + cfg.calibrate_rate_spread)
+    return [rate * factors[k % 3] for k in range(cfg.calibrate_rounds)]

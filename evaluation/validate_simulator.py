@@ -11,13 +11,16 @@ Both sides see the same requests at the same send times: the trace (arrival_s) i
 rate from the seed and replayed by the load generator (`--arrival trace`) and by simdist. Modes
 on this 2-core CPU, as in evaluation/bench_disagg_cpu.py: disaggregated = 1 prefill + 1 decode
 instance, colocated = 2 colocated instances, one core (one torch thread) per worker. With
---calibrate (default) a first round on its own trace scales the profile's terms to the serving
-stack (simdist.calibrate); errors are reported for the calibrated and the raw profile.
-With --host (default) the calibration round also measures the host (distllm.profiler.host: the
-server's frontend CPU per step, the load generator's per token, other load, the frontend's TTFT
-latency) into the calibrated profile's `host` section, so simulated steps stretch with the load
-(simdist.host); a 30-request warm-up at the calibration rate precedes it (the first loaded round
-after start-up runs slow), and it is repeated while other processes keep the host busy.
+--calibrate (default) --calibrate-rounds rounds (default 2), each on its own trace, the second at
+a lower rate, fit the profile to the serving stack on their pooled requests (simdist.calibrate:
+prefill and transfer scaled, decode = scale * step + a fixed per-step cost); errors are
+reported for the calibrated and the raw profile. With --host (default) each calibration round
+also measures the host (distllm.profiler.host: the server's frontend CPU per step, the load
+generator's per token, other load, the frontend's TTFT latency); the median per key over the
+rounds becomes the calibrated profile's `host` section, so simulated steps stretch with the
+load (simdist.host). A 30-request warm-up at the calibration rate precedes the rounds (the first
+loaded round after start-up runs slow), and each round is repeated while other processes keep
+the host busy.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from evaluation.validate_report import (  # noqa: E402,F401 - re-exported (demo,
     TERMS,
     compare,
     format_report,
+    host_lines,
     median_metrics,
     metrics_of,
     passes,
@@ -45,11 +49,16 @@ from evaluation.validate_report import (  # noqa: E402,F401 - re-exported (demo,
 )
 from evaluation.validate_rounds import (  # noqa: E402,F401 - re-exported (demo, tests)
     QUIET_CORES,
+    SCHED_LIMITS,
     SERVE_FLAGS,
     Server,
+    calibration_rates,
+    measured_host,
     measured_round,
+    pooled_host,
     quietest_round,
     run_real,
+    sched_spec,
 )
 
 logger = logging.getLogger("validate_simulator")
@@ -58,8 +67,6 @@ DEFAULT_PROFILE = "cpu-demo"
 MODES = {"disaggregated": (["--mode", "disaggregated"], ("prefill", "decode")),
          "colocated": (["--mode", "colocated", "--num-decode-instances", "2"],
                        ("colocated", "colocated"))}
-SCHED_LIMITS = dict(max_prefill_tokens=4096, max_batch_size=64,  # as SERVE_FLAGS
-                    colocated_routing="requests")  # as the engine routes
 
 
 def make_trace(rows: list[dict], n: int, rate: float, seed: int, arrival: str,
@@ -79,12 +86,6 @@ def simulate_trace(trace: list[dict], mode: str, profile: object, model_name: st
     return simulate_roles(trace, MODES[mode][1], profile, model_name, sched_spec())
 
 
-def sched_spec():  # noqa: ANN201 - simdist.cluster.SchedulerSpec, imported lazily
-    from simdist.cluster import SchedulerSpec
-
-    return SchedulerSpec(**SCHED_LIMITS)
-
-
 def default_slo(profile: object, model_name: str, rows: list[dict]) -> tuple[float, float]:
     """TTFT <= 4x the predicted prefill of a mean prompt; TPOT <= 1.5x a decode step of 16
     mean requests half-way through their output (from the profile, so both sides share it)."""
@@ -96,37 +97,30 @@ def default_slo(profile: object, model_name: str, rows: list[dict]) -> tuple[flo
     return round(ttft, 1), round(tpot, 1)
 
 
-def measured_host(exp_path: Path, cpu: dict, trace: list[dict], roles: tuple[str, ...],
-                  profile: object, model_name: str) -> dict:
-    """The profile's host section measured in a round (`cpu`: measured_round's CPU seconds;
-    the round's engine steps: its trace replayed without host contention)."""
-    from distllm.profiler.host import frontend_latency_ms, host_section
-    from simdist.calibrate import replay_trace, with_host
-
-    steps = replay_trace(trace, roles, with_host(profile, None), model_name,
-                         sched_spec()).cluster.num_steps
-    host = host_section(cpu, steps, sum(r["output_len"] for r in trace))
-    host["frontend_latency_ms"] = frontend_latency_ms(json.loads(exp_path.read_text()))
-    return host
-
-
 def calibrate_mode(cfg: argparse.Namespace, mode: str, server: Server, traces: dict,
                    profile: object, slo: tuple[float, float]) -> dict:
-    """The calibration round (its own trace): the host section measured from the round's CPU
-    use (--host), then the profile's terms scaled to the round (simdist.calibrate)."""
+    """--calibrate-rounds rounds (each on its own trace, the quietest of --calibrate-tries):
+    the host section measured from each round's CPU use and pooled (--host), then the
+    profile's terms fitted to all rounds' requests together (simdist.calibrate)."""
     from simdist.calibrate import calibrate, exp_request_terms, with_host
 
-    roles, out = MODES[mode][1], Path(cfg.output_dir) / mode / "calibrate"
-    path, cpu = quietest_round(cfg, mode, server, traces["calibrate"], slo, out)
-    trace = _read_trace(traces["calibrate"])
+    roles, samples, hosts = MODES[mode][1], [], []
+    for k in range(cfg.calibrate_rounds):
+        out = Path(cfg.output_dir) / mode / "calibrate" / f"round-{k}"
+        path, cpu = quietest_round(cfg, mode, server, traces[f"calibrate-{k}"], slo, out)
+        trace = _read_trace(traces[f"calibrate-{k}"])
+        if cfg.host:
+            hosts.append(measured_host(path, cpu, trace, roles, profile, cfg.profile_model))
+        samples.append((trace, exp_request_terms(json.loads(path.read_text()))))
     base = profile
-    if cfg.host:
-        host = measured_host(path, cpu, trace, roles, profile, cfg.profile_model)
-        base = with_host(profile, host)
-        logger.info("%s host: %s", mode, {k: v for k, v in host.items() if k != "measured"})
-    real = exp_request_terms(json.loads(path.read_text()))
-    calib = calibrate(base, cfg.profile_model, trace, roles, real, sched_spec())
-    logger.info("%s calibration factors: %s", mode, calib["calibration"]["factors"])
+    if hosts:
+        base = with_host(profile, pooled_host(hosts))
+        logger.info("%s host: %s", mode, {k: v for k, v in base.host.items() if k != "measured"})
+    calib = calibrate(base, cfg.profile_model, samples, roles, sched_spec())
+    calib["calibration"]["rates"] = calibration_rates(cfg)
+    logger.info("%s calibration: factors %s, decode step %.2f ms (%s)", mode,
+                calib["calibration"]["factors"], calib["calibration"]["decode_step_ms"],
+                calib["calibration"]["decode_fit"].get("note", ""))
     return calib
 
 
@@ -188,7 +182,8 @@ def write_traces(cfg: argparse.Namespace, rows: list[dict]) -> dict:
     # NOTE: a loaded warm-up: the first loaded round after start-up runs slow (the quiet run's
     # calibration round after 4 warm-up requests: prefill +25 %, decode +10-30 %)
     specs["warmup"] = (cfg.warmup_requests, calibrate_rate, cfg.seed + 1)
-    specs["calibrate"] = (cfg.num_requests, calibrate_rate, cfg.seed + 2)
+    for k, rate in enumerate(calibration_rates(cfg)):
+        specs[f"calibrate-{k}"] = (cfg.num_requests, rate, cfg.seed + 2 + k)
     paths = {}
     for key, (n, rate, seed) in specs.items():
         trace = make_trace(rows, n, rate, seed, cfg.arrival, cfg.cv)
@@ -252,6 +247,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="scale the profile's terms to a calibration round (its own trace) "
                         "before simulating; the raw profile's errors are reported too")
     p.add_argument("--calibrate-rate", type=float, default=None, help="default: median rate")
+    p.add_argument("--calibrate-rounds", type=int, default=2,
+                   help="calibration rounds, each on its own trace; their requests are pooled")
+    p.add_argument("--calibrate-rate-spread", type=float, default=0.5,
+                   help="rounds after the first run at (1 - s), (1 + s) x the calibration rate "
+                        "(cycling): different batch sizes identify the fixed per-step cost")
     p.add_argument("--calibrate-tries", type=int, default=3,
                    help="repeat the calibration round while the host is busy with other load")
     p.add_argument("--host", action=argparse.BooleanOptionalAction, default=True,
@@ -264,6 +264,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ns = p.parse_args(argv)
     ns.rates = [float(r) for r in ns.rates.split(",")]
     ns.modes = [m for m in ns.modes.split(",") if m]
+    if ns.calibrate_rounds < 1 or not 0.0 <= ns.calibrate_rate_spread < 1.0:
+        p.error("--calibrate-rounds must be >= 1 and --calibrate-rate-spread in [0, 1)")
     if unknown := set(ns.modes) - set(MODES):
         p.error(f"--modes: unknown {sorted(unknown)}; choose from {sorted(MODES)}")
     return ns

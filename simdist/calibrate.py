@@ -105,9 +105,9 @@ def median_ratios(real: Sequence[dict | None], sim: Sequence[dict | None]) -> di
     shared host puts into a few requests); 1.0 where a term is absent."""
     out = {}
     for k in ("prefill", "decode", "transfer"):
-        ratios = sorted(r[k] / s[k] for r, s in zip(real, sim, strict=True)
-                        if r is not None and s is not None and r[k] > 0 and s[k] > 0)
-        out[k] = ratios[len(ratios) // 2] if ratios else 1.0
+        ratios = [r[k] / s[k] for r, s in zip(real, sim, strict=True)
+                  if r is not None and s is not None and r[k] > 0 and s[k] > 0]
+        out[k] = float(np.median(ratios)) if ratios else 1.0
     return out
 
 

@@ -140,3 +140,42 @@ def test_calibration_round_is_repeated_while_the_host_is_busy(monkeypatch, tmp_p
     path, _ = vs.quietest_round(cfg, "colocated", None, tmp_path / "t.jsonl", (1.0, 1.0),
                                 tmp_path)
     assert calls == ["try-0", "try-1"] and path.parent.name == "try-1"  # quietest of the two
+
+
+def test_calibration_rounds_rates_and_pooled_host() -> None:
+    cfg = vs.parse_args(["--rates", "3,6,9,12"])
+    assert cfg.calibrate_rounds == 2 and vs.calibration_rates(cfg) == [7.5, 3.75]
+    cfg = vs.parse_args(["--calibrate-rate", "4", "--calibrate-rounds", "4"])
+    assert vs.calibration_rates(cfg) == [4.0, 2.0, 6.0, 4.0]
+    cfg = vs.parse_args(["--calibrate-rounds", "3", "--calibrate-rate-spread", "0"])
+    assert vs.calibration_rates(cfg) == [7.5] * 3
+    with pytest.raises(SystemExit):
+        vs.parse_args(["--calibrate-rounds", "0"])
+
+    def host(step: float, other: float) -> dict:
+        return {"cores": 2, "frontend_cpu_ms_per_step": step, "frontend_cpu_ms_per_token": 0.3,
+                "background_cores": other, "frontend_latency_ms": 8.0,
+                "measured": {"wall_s": 8.0}}
+
+    pooled = vs.pooled_host([host(2.0, 0.0), host(2.4, 1.0), host(9.0, 0.1)])
+    assert pooled["cores"] == 2 and isinstance(pooled["cores"], int)
+    assert pooled["frontend_cpu_ms_per_step"] == 2.4 and pooled["background_cores"] == 0.1
+    assert pooled["frontend_latency_ms"] == 8.0
+    rounds = pooled["measured"]["rounds"]
+    assert len(rounds) == 3 and rounds[2]["raw"] == {"wall_s": 8.0}
+    assert vs.pooled_host([host(2.0, 0.0), host(3.0, 0.5)])["frontend_cpu_ms_per_step"] == 2.5
+
+
+def test_report_shows_the_calibration() -> None:
+    cal = {"roles": ["prefill", "decode"], "rounds_used": 2, "rates": [7.5, 3.75],
+           "num_requests": 120, "decode_step_ms": 1.54,
+           "factors": {"prefill": 1.39, "decode": 1.01, "transfer": 1.18},
+           "decode_fit": {"note": "fit", "residual_ms": 1.1, "residual_rel": 0.09}}
+    text = "\n".join(vs.host_lines({"modes": {}, "calibration": {"disaggregated": cal}}))
+    assert "2 round(s) at 7.5/3.75 req/s (120 requests)" in text
+    assert "decode 1.010" in text and "fixed decode step 1.54 ms" in text
+    assert "decode fit: fit; residual 1.10 ms/token (9 %)" in text
+    old = {"roles": ["prefill", "decode"], "num_requests": 60,  # before pooled calibration
+           "factors": {"prefill": 1.5, "decode": 1.3, "transfer": 1.2}}
+    text = "\n".join(vs.host_lines({"modes": {}, "calibration": {"colocated": old}}))
+    assert "1 round(s) (60 requests)" in text and "fixed decode step 0.00 ms" in text
