@@ -1,7 +1,9 @@
 """Same-node CPU KV transport: the prefill worker copies a slab into a shared-memory segment under
 /dev/shm that it keeps per decode peer, and sends only a small header of ints over the gloo world
 group; the decode worker maps the segment (once), copies the slab out and acks, and only then may
-the sender reuse the segment. Peers on other nodes go through the fallback transport (gloo).
+the sender reuse the segment. Peers on other nodes go through the fallback transport (gloo), and
+so does a slab no segment can be had for (/dev/shm full, or over `max_segment_bytes`): its header
+says so (seq -1) and its bytes follow over the fallback before the ack.
 
     sender                                   receiver
     segment fits? else create a bigger one
@@ -17,6 +19,7 @@ unpickled and no peer-chosen path is opened.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import mmap
@@ -41,6 +44,7 @@ _DTYPES = tuple(d for d in (torch.float32, torch.float16, torch.bfloat16, torch.
                             torch.uint8, torch.int8, torch.int32, torch.int64,
                             getattr(torch, "float8_e4m3fn", None),
                             getattr(torch, "float8_e5m2", None)) if d is not None)
+_VIA_FALLBACK = -1  # header seq of a slab that follows over the fallback (no room in /dev/shm)
 _SEQ = itertools.count()  # NOTE: segment numbers unique within this process (several transports)
 
 
@@ -115,6 +119,9 @@ def _map(path: str, size: int, create: bool) -> _Segment:
     try:
         if create:
             os.ftruncate(fd, size)
+            # NOTE: reserve the pages now: a full /dev/shm fails here (ENOSPC), not with a
+            # SIGBUS at the first write
+            os.posix_fallocate(fd, 0, size)
         else:
             size = os.fstat(fd).st_size
         mem = mmap.mmap(fd, size)
@@ -141,16 +148,19 @@ def _header(nbytes: int, seq: int, dtype: torch.dtype, shape: tuple[int, ...]) -
 
 class ShmSlabTransport(KVTransport):
     """KV slabs between CPU workers: shared memory with the peers on this node, `fallback`
-    otherwise.
+    otherwise (and for a slab /dev/shm has no room for).
 
     Args:
         fallback: transport for the other peers (gloo).
         local_peers: global ranks on this worker's node.
         group: the gloo process group the headers and acks use (None: world).
+        max_segment_bytes: the largest staging segment per peer (None: as /dev/shm allows).
     """
 
-    def __init__(self, fallback: KVTransport, local_peers: set[int], group: Any = None) -> None:
+    def __init__(self, fallback: KVTransport, local_peers: set[int], group: Any = None,
+                 max_segment_bytes: int | None = None) -> None:
         self.fallback, self.local_peers, self.group = fallback, local_peers, group
+        self.max_segment_bytes = max_segment_bytes
         self._staging: dict[int, _Segment] = {}  # dst rank -> the segment slabs to it go through
         self._mapped: dict[int, _Segment] = {}  # src rank -> its segment, mapped here
         # NOTE: one lock per direction: a worker sending and receiving at once cannot deadlock
@@ -166,14 +176,19 @@ class ShmSlabTransport(KVTransport):
         import torch.distributed as dist
 
         data = _as_bytes(slab.detach().cpu().contiguous())  # [nbytes], uint8
+        header = _header(data.numel(), _VIA_FALLBACK, slab.dtype, tuple(slab.shape))
         with self._send_lock:
             segment = self._staging_for(dst_rank, data.numel())
-            segment.view[:data.numel()].copy_(data)
-            header = _header(data.numel(), segment.seq, slab.dtype, tuple(slab.shape))
+            if segment is not None:
+                segment.view[:data.numel()].copy_(data)
+                header[2] = segment.seq
             dist.send(header, dst_rank, self.group)
+            if segment is None:
+                self.fallback.send(data, dst_rank)
             ack = torch.zeros(1, dtype=torch.int64)
             dist.recv(ack, dst_rank, self.group)
-            segment.unlink()  # NOTE: the peer has it mapped now (or refused it): no leak
+            if segment is not None:
+                segment.unlink()  # NOTE: the peer has it mapped now (or refused it): no leak
         if ack.item() != 1:
             raise RuntimeError(f"shm KV transport: rank {dst_rank} rejected a slab of shape "
                                f"{tuple(slab.shape)} {slab.dtype} (it expected another)")
@@ -185,9 +200,15 @@ class ShmSlabTransport(KVTransport):
 
         header = torch.zeros(_HEADER_LEN, dtype=torch.int64)
         dist.recv(header, src_rank, self.group)
+        fields = header.tolist()
         try:
             with self._recv_lock:
-                slab = self._copy_out(header.tolist(), tuple(shape), dtype, src_rank)
+                if fields[2] == _VIA_FALLBACK:  # NOTE: received before any check: framing
+                    data = self.fallback.recv((max(0, fields[0]),), torch.uint8, src_rank)
+                    slab = self._check(fields, tuple(shape), dtype, src_rank)
+                    _as_bytes(slab).copy_(data)
+                else:
+                    slab = self._copy_out(fields, tuple(shape), dtype, src_rank)
         except Exception:
             dist.send(torch.zeros(1, dtype=torch.int64), src_rank, self.group)
             raise
@@ -199,26 +220,40 @@ class ShmSlabTransport(KVTransport):
         with self._send_lock, self._recv_lock:
             self._finalizer()
 
-    def _staging_for(self, dst_rank: int, nbytes: int) -> _Segment:
-        """The staging segment to `dst_rank`, re-created bigger when `nbytes` do not fit."""
+    def _staging_for(self, dst_rank: int, nbytes: int) -> _Segment | None:
+        """The staging segment to `dst_rank`, re-created bigger when `nbytes` do not fit; None
+        when no segment that big can be had (the slab goes through the fallback)."""
         segment = self._staging.get(dst_rank)
         if segment is not None and segment.view.numel() >= nbytes:
             return segment
-        old = segment.view.numel() if segment is not None else 0
+        cap = self.max_segment_bytes if self.max_segment_bytes is not None else 1 << 62
+        if nbytes > cap:
+            return None
+        old = self._staging.pop(dst_rank).view.numel() if segment is not None else 0
         if segment is not None:
             segment.close()
-        size = max(MIN_SEGMENT_BYTES, nbytes, 2 * old)
-        size = -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
+        size = max(min(max(MIN_SEGMENT_BYTES, 2 * old), cap), nbytes)
+        size = -(-max(size, 1) // mmap.PAGESIZE) * mmap.PAGESIZE
         seq = next(_SEQ)
-        segment = _map(segment_path(os.getpid(), seq), size, create=True)
+        path = segment_path(os.getpid(), seq)
+        try:
+            segment = _map(path, size, create=True)
+        except OSError as e:
+            logger.warning("shm staging to rank %d: no %d-byte segment (%s); via the fallback",
+                           dst_rank, size, e)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return None
         segment.seq = seq
         self._staging[dst_rank] = segment
-        logger.debug("shm staging to rank %d: %s, %d bytes", dst_rank, segment.path, size)
+        logger.debug("shm staging to rank %d: %s, %d bytes", dst_rank, path, size)
         return segment
 
-    def _copy_out(self, header: list[int], shape: tuple[int, ...], dtype: torch.dtype,
-                  src_rank: int) -> torch.Tensor:
-        nbytes, pid, seq, code, ndim = header[:5]
+    @staticmethod
+    def _check(header: list[int], shape: tuple[int, ...], dtype: torch.dtype,
+               src_rank: int) -> torch.Tensor:
+        """An empty slab of `shape`; RuntimeError when the header describes another one."""
+        nbytes, code, ndim = header[0], header[3], header[4]
         sent_shape = tuple(header[5:5 + ndim]) if 0 <= ndim <= MAX_NDIM else None
         sent_dtype = _DTYPES[code] if 0 <= code < len(_DTYPES) else None
         out = torch.empty(shape, dtype=dtype)  # the caller's slab shape
@@ -226,6 +261,12 @@ class ShmSlabTransport(KVTransport):
             raise RuntimeError(f"shm KV transport: rank {src_rank} sent a slab of shape "
                                f"{sent_shape} {sent_dtype} ({nbytes} bytes), expected "
                                f"{tuple(shape)} {dtype} ({out.nbytes} bytes)")
+        return out
+
+    def _copy_out(self, header: list[int], shape: tuple[int, ...], dtype: torch.dtype,
+                  src_rank: int) -> torch.Tensor:
+        out = self._check(header, shape, dtype, src_rank)
+        nbytes, pid, seq = header[:3]
         segment = self._mapped.get(src_rank)
         if segment is None or segment.path != segment_path(pid, seq):
             if segment is not None:

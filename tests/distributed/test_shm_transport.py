@@ -1,7 +1,7 @@
 """The shared-memory KV transport between two spawned gloo ranks: slabs of several shapes and
-dtypes both ways arrive exactly (one outgrows the first segment), a shape or dtype mismatch
-raises on both sides, no segment file is left under /dev/shm; and `build_transport` wires it
-from a plan."""
+dtypes both ways arrive exactly (one outgrows the first segment; with a capped segment it goes
+over the fallback), a shape or dtype mismatch raises on both sides, no segment file is left
+under /dev/shm; and `build_transport` wires it from a plan."""
 from __future__ import annotations
 
 import os
@@ -74,6 +74,10 @@ def _peer(rank: int, port: int, results: mp.Queue) -> None:
         out["files_in_use"] = _files(os.getpid())
         out["mismatch"] = _mismatch(transport, rank)
         out["same"] += _exchange(transport, rank, sender=0)  # still usable after a rejection
+        capped = shm.ShmSlabTransport(GlooTransport(), {1 - rank}, max_segment_bytes=1 << 21)
+        out["capped_same"] = _exchange(capped, rank, sender=0)  # the big slab: over gloo
+        out["capped_bytes"] = [s.view.numel() for s in capped._staging.values()]
+        capped.close()
         dist.barrier()
         transport.close()
         out["files_after_close"] = _files(os.getpid())
@@ -114,6 +118,8 @@ def test_slabs_both_ways_mismatch_and_no_leak() -> None:
         assert o["staging_bytes"] and o["staging_bytes"][0] >= big > shm.MIN_SEGMENT_BYTES
         assert o["files_in_use"] == [], "a segment file outlived its first ack"
         assert o["files_after_close"] == [] and _files(o["pid"]) == []
+    assert out[1]["capped_same"] == [True] * n
+    assert out[0]["capped_bytes"] and out[0]["capped_bytes"][0] <= 1 << 21
     recv_err, send_err = out[1]["mismatch"], out[0]["mismatch"]
     assert "expected (3, 2) torch.float32" in recv_err and "torch.bfloat16" in recv_err
     assert send_err.count("rejected a slab of shape (2, 3)") == 2
