@@ -1,7 +1,10 @@
 """Closing the loop with a real run: lifecycle terms of a run (queueing, prefill, transfer,
-decode) and `calibrate()`, which scales a profile's terms so the simulation of a measured trace
-matches what the real server spent in each (what step-level profiling does not see). Used by
-evaluation/validate_simulator.py and `distllm demo`.
+decode) and `calibrate()`, which fits a profile's terms so the simulation of measured traces
+(one or more rounds, their requests pooled) matches what the real server spent in each (what
+step-level profiling does not see): prefill and transfer scaled, decode per step fitted as
+scale * step + decode_step_ms (`decode_fit`: the engine loop's fixed cost per step, which a
+scale cannot follow across batch sizes). Used by evaluation/validate_simulator.py; `distllm
+demo` uses the terms and replay helpers.
 
 With a measured `host` section (simdist.host) the simulated steps already stretch with the
 host's load, so the factors only take up what is left (per-step serving overhead of the engine

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from evaluation import validate_simulator as vs
@@ -71,7 +72,9 @@ def test_validate_end_to_end_on_a_short_workload(tmp_path: Path) -> None:
     out = tmp_path / "val"
     code = vs.main(["--model", str(model), "--workdir", str(tmp_path / "wd"), "--rates", "4",
                     "--num-requests", "6", "--warmup-requests", "2", "-o", str(out),
-                    "--ttft-slo-ms", "500", "--tpot-slo-ms", "100"])
+                    "--ttft-slo-ms", "500", "--tpot-slo-ms", "100", "--calibrate-rounds", "1"])
+    # NOTE: one calibration round as before pooling (a 2nd round adds ~11 s); the rounds'
+    # loop is covered without servers by test_calibrate_mode_pools_its_rounds
     assert code == 0
     report = json.loads((out / "validate_simulator.json").read_text())
     assert set(report["modes"]) == {"disaggregated", "colocated"}
@@ -86,6 +89,9 @@ def test_validate_end_to_end_on_a_short_workload(tmp_path: Path) -> None:
     assert real["transfer"] > 0  # migrations happened and were timed
     assert report["modes"]["colocated"][0]["real"]["terms_ms"]["transfer"] == 0
     assert set(report["calibration"]) == {"disaggregated", "colocated"}
+    for cal in report["calibration"].values():
+        assert cal["rounds_used"] == 1 and cal["rates"] == [4.0]
+        assert not cal["decode_fit"]["identified"]  # one round: scale only
     assert (out / "validate_simulator.png").stat().st_size > 0
     assert (out / "profile-calibrated-disaggregated.json").is_file()
 
@@ -179,3 +185,41 @@ def test_report_shows_the_calibration() -> None:
            "factors": {"prefill": 1.5, "decode": 1.3, "transfer": 1.2}}
     text = "\n".join(vs.host_lines({"modes": {}, "calibration": {"colocated": old}}))
     assert "1 round(s) (60 requests)" in text and "fixed decode step 0.00 ms" in text
+
+
+def test_calibrate_mode_pools_its_rounds(monkeypatch, tmp_path) -> None:
+    """calibrate_mode's K rounds, without servers: each 'real' round is the simulation of its
+    own trace with a profile whose decode step is 1.1x + 2 ms (and prefill 1.3x); the rounds
+    run at 12 and 1.2 req/s, are pooled, and recover it; the host sections are pooled."""
+    from simdist.calibrate import _scaled
+    from simdist.profile import LatencyProfile
+    from simdist.results import write_exp
+
+    prof = load_profile("cpu-demo")
+    truth = LatencyProfile.from_dict(_scaled(prof.to_dict(), "distllm-demo", {
+        "prefill": 1.3, "decode": 1.1, "transfer": 1.0}, 2.0))
+    cfg = vs.parse_args(["--rates", "12", "-o", str(tmp_path), "--calibrate-rounds", "2",
+                         "--calibrate-rate-spread", "0.9"])
+    cfg.num_requests, cfg.dataset = 30, None
+    traces = vs.write_traces(cfg, [{**r, "output_len": r["output_len"] + 10} for r in ROWS])
+    cpu = iter([0.004, 0.006])  # the frontend CPU seconds of each round (too little to stretch)
+
+    def fake_round(cfg_, mode, server, trace_path, slo, out):  # noqa: ANN001, ANN202
+        exp = vs.simulate_trace(vs._read_trace(trace_path), mode, truth, "distllm-demo")
+        out.mkdir(parents=True)
+        write_exp(exp, out / "x.exp")
+        return out / "x.exp", {"worker": 2.0, "frontend": next(cpu), "loadgen": 0.1,
+                               "background": 0.0, "wall": 4.0}
+
+    monkeypatch.setattr(vs, "quietest_round", fake_round)
+    calib = vs.calibrate_mode(cfg, "disaggregated", None, traces, prof, (500.0, 100.0))
+    cal = calib["calibration"]
+    assert cal["rounds_used"] == 2 and cal["num_requests"] == 60
+    assert cal["rates"] == pytest.approx([12.0, 1.2])
+    assert cal["factors"]["prefill"] == pytest.approx(1.3, rel=0.05)
+    assert cal["decode_fit"]["identified"], cal["decode_fit"]["note"]
+    assert cal["factors"]["decode"] == pytest.approx(1.1, rel=0.1)
+    assert cal["decode_step_ms"] == pytest.approx(2.0, abs=0.8)
+    rounds = calib["host"]["measured"]["rounds"]
+    assert len(rounds) == 2 and calib["host"]["frontend_cpu_ms_per_step"] == pytest.approx(
+        np.mean([r["frontend_cpu_ms_per_step"] for r in rounds]))
