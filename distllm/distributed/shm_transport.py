@@ -270,7 +270,7 @@ class ShmSlabTransport(KVTransport):
         segment = self._mapped.get(src_rank)
         if segment is None or segment.path != segment_path(pid, seq):
             if segment is not None:
-                segment.close()
+                self._mapped.pop(src_rank).close()
             segment = _map(segment_path(pid, seq), 0, create=False)
             segment.is_linked = False  # NOTE: the sender owns (and unlinks) the file
             self._mapped[src_rank] = segment
