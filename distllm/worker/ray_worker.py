@@ -81,8 +81,9 @@ class RayWorker:
         if self.config.device == "cuda":
             device = torch.device("cuda", torch.cuda.current_device())
         self.transport = build_transport(plan, rank, device)
-        logger.info("rank %d: KV over NCCL with %s, CUDA IPC with %s, gloo with the others",
-                    rank, sorted(plan.peers(rank, "nccl")), sorted(plan.peers(rank, "cuda_ipc")))
+        logger.info("rank %d: KV over shm with %s, NCCL with %s, CUDA IPC with %s, gloo with the "
+                    "others", rank, sorted(plan.peers(rank, "shm")),
+                    sorted(plan.peers(rank, "nccl")), sorted(plan.peers(rank, "cuda_ipc")))
 
     def load_model(self) -> tuple[int, int]:
         """Build the shard and load its weights; returns (device, swap) blocks it affords."""
