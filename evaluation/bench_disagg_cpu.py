@@ -12,9 +12,10 @@ round (the best of the modes): TTFT <= 4x the prefill of a mean prompt; TPOT <= 
 (DistServe's interpolation). With --rounds K every rate runs K times on fresh arrivals; the
 headline goodputs pool the rounds (mean attainment per rate, each round scored against its own
 SLOs), and every round's own ratio is reported too: this host's speed drifts by +-30 % over
-minutes. Also the KV migration bandwidth of each disaggregated mode's transport (prefill worker
--> decode worker, gather + send + scatter) against a memcpy of the same bytes. Writes
-bench_disagg_cpu.json and .png into -o; prints a table.
+minutes; `--pool-reports A.json B.json -o DIR` pools the rounds of saved runs without running.
+Also the KV migration bandwidth of each disaggregated mode's transport (prefill worker -> decode
+worker, gather + send + scatter) against a memcpy of the same bytes. Writes bench_disagg_cpu.json
+and .png into -o; prints a table (scoring: evaluation/bench_disagg_report.py).
 """
 from __future__ import annotations
 
@@ -29,9 +30,20 @@ from pathlib import Path
 
 import numpy as np
 
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evaluation.bench_disagg_report import (  # noqa: E402
+    DISAGG,
+    MODES,
+    make_report,
+    plot,
+    pool_reports,
+    print_table,
+)
+
 MODEL_SHAPE = dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=4,
                    num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=2048)
-TTFT_FACTOR, TPOT_TIGHT, TPOT_LOOSE, TARGET = 4.0, 2.0, 5.0, 0.9
 
 
 def workload(n: int, rate: float, seed: int, args: argparse.Namespace
@@ -45,13 +57,6 @@ def workload(n: int, rate: float, seed: int, args: argparse.Namespace
             for t, p, o in zip(np.cumsum(gaps) - gaps[0], lens, outs, strict=True)]
 
 
-# mode -> (DisaggConfig mode, instances, torch threads per worker, --kv-transport); each mode
-# uses both cores. "disaggregated" takes the engine's default transport (auto), "-gloo" forces
-# gloo, so the transport's share of the result is measured side by side.
-MODES = {"disaggregated": ("disaggregated", 1, 1, "auto"),
-         "disaggregated-gloo": ("disaggregated", 1, 1, "gloo"),
-         "colocated-2x1": ("colocated", 2, 1, "auto"), "colocated-1x2": ("colocated", 1, 2, "auto")}
-DISAGG = "disaggregated"  # the mode the goal is about
 
 
 def build_engine(model_dir: Path, mode: str):  # noqa: ANN201
@@ -154,19 +159,10 @@ def sweep(model_dir: Path, args: argparse.Namespace) -> dict:
             rounds = [one_round(engines, args, k, bar) for k in range(args.rounds)]
         migration = {m: migration_bandwidth(e, args.migration_blocks)
                      for m, e in engines.items() if MODES[m][0] == "disaggregated"}
-        return {"rounds": rounds, "migration": migration}
+        return {"rounds": rounds, "migration": migration, "model": MODEL_SHAPE}
     finally:
         for engine in engines.values():
             engine.shutdown()
-
-
-def score(runs: list[dict], ttft_ms: float, tpot_ms: float) -> tuple[list, float]:
-    from distllm.metrics import max_rate_meeting, summarize
-
-    rows = [dict(rate=r["rate"], **summarize(r["records"], r["duration_s"], ttft_ms, tpot_ms))
-            for r in runs]
-    goodput = max_rate_meeting([(r["rate"], r["attainment"]) for r in rows], TARGET)
-    return rows, goodput
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -184,6 +180,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--migration-blocks", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--modes", default=",".join(MODES), help=f"subset of {list(MODES)}")
+    p.add_argument("--pool-reports", nargs="+", type=Path, default=None, metavar="JSON",
+                   help="run nothing: pool the rounds of saved reports (same rates and modes) "
+                        "into one report in -o")
     p.add_argument("-o", "--output-dir", default="evaluation/results")
     args = p.parse_args(argv)
     args.rates = [float(r) for r in args.rates.split(",")]
@@ -201,6 +200,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = parse_args(argv)
+    out = Path(args.output_dir)
+    if args.pool_reports:
+        try:
+            report = pool_reports(args.pool_reports)
+        except (OSError, ValueError, KeyError) as e:
+            sys.exit(f"--pool-reports: {e}")
+        return write_report(report, out)
     import ray
 
     from distllm.testing import make_tiny_model
@@ -210,114 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     ray.init(num_cpus=16, include_dashboard=False, log_to_driver=False)
     load_before = os.getloadavg()
     swept = sweep(model_dir, args)
-    report = make_report(swept, args, load_before)
-    out = Path(args.output_dir)
+    return write_report(make_report(swept, args, load_before), out)
+
+
+def write_report(report: dict, out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_disagg_cpu.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, out / "bench_disagg_cpu.png")
     print_table(report)
     return 0
-
-
-def round_slos(results: dict) -> dict[str, tuple[float, float]]:
-    """A round's SLOs from its unloaded latencies, the best of the modes."""
-    prefill_s = min(r["unloaded"][0] for r in results.values())
-    decode_s = min(r["unloaded"][1] for r in results.values())
-    return {"tight": (TTFT_FACTOR * prefill_s * 1e3, TPOT_TIGHT * decode_s * 1e3),
-            "loose": (TTFT_FACTOR * prefill_s * 1e3, TPOT_LOOSE * decode_s * 1e3)}
-
-
-def ratio(goodputs: dict[str, float]) -> float:
-    """Disaggregated goodput over the best colocated mode's."""
-    best = max(g for m, g in goodputs.items() if MODES[m][0] == "colocated")
-    return goodputs[DISAGG] / best if best > 0 else float("inf")
-
-
-def make_report(swept: dict, args: argparse.Namespace, load_before: tuple) -> dict:
-    """Per round: SLOs, rows and goodputs; pooled: each rate's attainment averaged over the
-    rounds (each round scored against its own SLOs), its goodputs and ratio (the headline)."""
-    from distllm.metrics import max_rate_meeting
-
-    rounds = []
-    for results in swept["rounds"]:
-        slos = round_slos(results)
-        modes = {m: {name: dict(zip(("rows", "goodput_rps"), score(r["runs"], *slo),
-                                    strict=True)) for name, slo in slos.items()}
-                 for m, r in results.items()}
-        rounds.append({"unloaded_ms": {m: [1e3 * x for x in r["unloaded"]]
-                                       for m, r in results.items()},
-                       "slo_ms": slos, "modes": modes,
-                       **{f"goodput_ratio_{n}": ratio({m: v[n]["goodput_rps"]
-                                                       for m, v in modes.items()})
-                          for n in slos}})
-    pooled: dict[str, dict] = {m: {} for m in args.modes}
-    for name in ("tight", "loose"):
-        for mode in args.modes:
-            per_rate = [[rd["modes"][mode][name]["rows"][i]["attainment"] for rd in rounds]
-                        for i in range(len(args.rates))]
-            points = [(rate, float(np.mean(a))) for rate, a in zip(args.rates, per_rate,
-                                                                  strict=True)]
-            pooled[mode][name] = {"attainment": points,
-                                  "goodput_rps": max_rate_meeting(points, TARGET)}
-    report = {"meta": {**vars(args), "loadavg_before": load_before,
-                       "loadavg_after": os.getloadavg()},
-              "model": MODEL_SHAPE, "modes_spec": {m: MODES[m] for m in args.modes},
-              "rounds": rounds, "pooled": pooled, "migration": swept["migration"]}
-    for name in ("tight", "loose"):
-        report[f"goodput_ratio_{name}"] = ratio({m: v[name]["goodput_rps"]
-                                                 for m, v in pooled.items()})
-        report[f"goodput_ratio_{name}_rounds"] = [rd[f"goodput_ratio_{name}"] for rd in rounds]
-    return report
-
-
-def print_table(report: dict) -> None:
-    for k, rd in enumerate(report["rounds"]):
-        print(f"\n=== round {k}: unloaded (prefill of a mean prompt, decode step) ms: "
-              + ", ".join(f"{m} {p:.0f}/{d:.1f}" for m, (p, d) in rd["unloaded_ms"].items()))
-        for name, (ttft, tpot) in rd["slo_ms"].items():
-            print(f"SLO {name}: TTFT <= {ttft:.1f} ms, TPOT <= {tpot:.1f} ms")
-            print(f"{'rate':>6} | {'mode':>18} | {'attain':>6} | {'p90 TTFT':>9} | "
-                  f"{'p90 TPOT':>9}")
-            for mode, per_slo in rd["modes"].items():
-                for row in per_slo[name]["rows"]:
-                    print(f"{row['rate']:6.2f} | {mode:>18} | {row['attainment']:6.2f} | "
-                          f"{row['p90_ttft_ms']:9.1f} | {row['p90_tpot_ms']:9.1f}")
-            goodputs = {m: round(v[name]["goodput_rps"], 2) for m, v in rd["modes"].items()}
-            print(f"goodput req/s: {goodputs}, disagg / best colocated = "
-                  f"{rd[f'goodput_ratio_{name}']:.2f}")
-    print(f"\n=== pooled over {len(report['rounds'])} round(s) (mean attainment per rate)")
-    for name in ("tight", "loose"):
-        goodputs = {m: round(v[name]["goodput_rps"], 2) for m, v in report["pooled"].items()}
-        rounds = ", ".join(f"{x:.2f}" for x in report[f"goodput_ratio_{name}_rounds"])
-        print(f"SLO {name}: goodput (>= {TARGET:.0%} attainment) req/s {goodputs}; disagg / "
-              f"best colocated = {report[f'goodput_ratio_{name}']:.2f} (rounds: {rounds})")
-    for mode, mig in report["migration"].items():
-        print(f"KV migration ({mode}): {mig['bytes'] / 1e6:.1f} MB in "
-              f"{mig['transfer_s'] * 1e3:.1f} ms = {mig['gb_s']:.2f} GB/s; memcpy "
-              f"{mig['memcpy_gb_s']:.2f} GB/s")
-
-
-def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    slos = report["rounds"][0]["slo_ms"]
-    fig, axes = plt.subplots(1, len(slos), figsize=(11, 4), sharey=True)
-    for ax, name in zip(axes, slos, strict=True):
-        for mode, per_slo in report["pooled"].items():
-            pts = per_slo[name]["attainment"]
-            ax.plot([r for r, _ in pts], [a for _, a in pts], marker="o",
-                    label=f"{mode} (goodput {per_slo[name]['goodput_rps']:.2f}/s)")
-        ax.axhline(TARGET, color="gray", linestyle="--", linewidth=0.8)
-        ttft, tpot = slos[name]
-        ax.set_title(f"{name} (round 0: TTFT<={ttft:.0f} ms, TPOT<={tpot:.0f} ms)", fontsize=9)
-        ax.set_xlabel("request rate (req/s)")
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel(f"SLO attainment (mean of {len(report['rounds'])} round(s))")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

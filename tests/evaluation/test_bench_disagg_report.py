@@ -71,3 +71,28 @@ def test_bad_flags_name_the_flag(argv: list[str], message: str,
 def test_disaggregated_mode_always_comes_first() -> None:
     args = bench.parse_args(["--modes", "colocated-2x1,disaggregated-gloo"])
     assert args.modes == ["disaggregated", "colocated-2x1", "disaggregated-gloo"]
+
+
+def test_pool_reports_equals_one_run_of_all_rounds(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    args = bench.parse_args(["--rates", "1,2", "--modes", "disaggregated,colocated-2x1"])
+    unloaded = {"disaggregated": (0.1, 0.010), "colocated-2x1": (0.12, 0.011)}
+    r0 = _round(unloaded, {"disaggregated": (10, 9), "colocated-2x1": (9, 5)})
+    r1 = _round(unloaded, {"disaggregated": (10, 8), "colocated-2x1": (8, 5)})
+    paths = []
+    for k, rd in enumerate((r0, r1)):
+        rep = bench.make_report({"rounds": [rd], "migration": {}}, args, (0.0, 0.0, 0.0))
+        paths.append(tmp_path / f"run{k}.json")
+        paths[-1].write_text(json.dumps(rep))
+    both = bench.make_report({"rounds": [r0, r1], "migration": {}}, args, (0.0, 0.0, 0.0))
+    pooled = bench.pool_reports(paths)
+    assert pooled["goodput_ratio_tight"] == pytest.approx(both["goodput_ratio_tight"])
+    assert pooled["goodput_ratio_tight_rounds"] == pytest.approx(
+        both["goodput_ratio_tight_rounds"])
+    # a run over other rates cannot be pooled with these
+    other = json.loads(paths[1].read_text())
+    other["meta"]["rates"] = [1.0, 3.0]
+    paths[1].write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="--pool-reports"):
+        bench.pool_reports(paths)
