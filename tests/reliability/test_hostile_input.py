@@ -80,9 +80,16 @@ def test_huge_body_and_bad_headers(server: RunningServer) -> None:
     status, _ = _raw_post(server.url, "/generate", _j({"prompt": "hi", "max_tokens": 1}),
                           {"Content-Type": "text/plain"})
     assert status < 500
-    status, _ = _raw_post(server.url, "/generate", _j({"prompt": "hi", "max_tokens": 1}),
-                          {"Content-Length": "abc"})
+    # NOTE: h11 answers a malformed Content-Length with a 400 and closes at once; the body the
+    # client is still sending can make the kernel reset the connection before the 400 is read
+    try:
+        status, _ = _raw_post(server.url, "/generate", _j({"prompt": "hi", "max_tokens": 1}),
+                              {"Content-Length": "abc"})
+    except (ConnectionResetError, http.client.RemoteDisconnected):
+        status = 400  # refused at the HTTP layer
     assert status < 500
+    # and the server keeps serving
+    assert _raw_post(server.url, "/generate", _j({"prompt": "hi", "max_tokens": 1}))[0] == 200
 
 
 def test_garbage_bytes_on_the_socket(server: RunningServer) -> None:
