@@ -7,8 +7,9 @@ against colocated instances (both cores), same model, same Poisson workload, sev
 Modes: "disaggregated" (the engine's default KV transport: shared memory between workers on one
 node), "disaggregated-gloo" (gloo forced), "colocated-2x1" (2 instances x 1 thread),
 "colocated-1x2" (1 instance x 2 threads). SLOs come from unloaded latencies measured in the same
-round (the best of the modes): TTFT <= 4x the prefill of a mean prompt; TPOT <= 2x (tight) or 5x
-(loose) one decode step. Goodput = the highest rate at which >= 90 % of requests meet both SLOs
+round (the best of the modes; each the median of --unloaded-samples single requests, the modes
+taking turns): TTFT <= 4x the prefill of a mean prompt; TPOT <= 2x (tight) or 5x (loose) one
+decode step. Goodput = the highest rate at which >= 90 % of requests meet both SLOs
 (DistServe's interpolation). With --rounds K every rate runs K times on fresh arrivals; the
 headline goodputs pool the rounds (mean attainment per rate, each round scored against its own
 SLOs), and every round's own ratio is reported too: this host's speed drifts by +-30 % over
@@ -89,17 +90,22 @@ def run(engine, jobs: list[tuple[float, list[int], int]]) -> tuple[list, float]:
     return done, time.monotonic() - start
 
 
-def unloaded(engine, args: argparse.Namespace) -> tuple[float, float]:  # noqa: ANN001
-    """(prefill s of a mean prompt, decode step s), one request alone, median of 3."""
-    ttfts, tpots = [], []
-    for k in range(4):
+def unloaded(engines: dict, args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    """mode -> (prefill s of a mean prompt, decode step s): one request alone, the median of
+    --unloaded-samples per mode after one warm-up each. The modes take turns request by
+    request, so a burst of background load cannot skew one mode's figures (they set the
+    SLOs)."""
+    ttfts: dict[str, list[float]] = {m: [] for m in engines}
+    tpots: dict[str, list[float]] = {m: [] for m in engines}
+    for k in range(args.unloaded_samples + 1):
         prompt = [5 + (k + j) % 400 for j in range(args.prompt_len)]
-        outs, _ = run(engine, [(0.0, prompt, 32)])
-        rec = outs[0].to_record()
-        if k:  # the first one warms up
-            ttfts.append(rec.ttft)
-            tpots.append(rec.tpot)
-    return float(np.median(ttfts)), float(np.median(tpots))
+        for mode, engine in engines.items():
+            outs, _ = run(engine, [(0.0, prompt, 32)])
+            rec = outs[0].to_record()
+            if k:  # the first one warms up
+                ttfts[mode].append(rec.ttft)
+                tpots[mode].append(rec.tpot)
+    return {m: (float(np.median(ttfts[m])), float(np.median(tpots[m]))) for m in engines}
 
 
 def migration_bandwidth(engine, num_blocks: int, repeats: int = 5) -> dict:  # noqa: ANN001
@@ -133,7 +139,7 @@ def one_round(engines: dict, args: argparse.Namespace, k: int, bar) -> dict:  # 
     The modes take turns on chunks of each rate's arrivals, so bursts of background load hit
     them alike. NOTE: each chunk drains before the next starts, which slightly favours every
     mode alike at the highest rates."""
-    results = {m: {"unloaded": unloaded(e, args), "runs": []} for m, e in engines.items()}
+    results = {m: {"unloaded": lat, "runs": []} for m, lat in unloaded(engines, args).items()}
     for rate in args.rates:
         jobs = workload(args.num_requests, rate, args.seed + 1000 * k, args)
         for mode in engines:
@@ -177,6 +183,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output-len", type=int, default=24,
                    help="mean output length (uniform in [0.5x, 1.5x])")
     p.add_argument("--chunk", type=int, default=12, help="arrivals per mode turn")
+    p.add_argument("--unloaded-samples", type=int, default=8,
+                   help="single requests per mode and round behind the unloaded latencies "
+                        "(their median sets the SLOs)")
     p.add_argument("--migration-blocks", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--modes", default=",".join(MODES), help=f"subset of {list(MODES)}")
@@ -193,6 +202,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--modes: needs at least one colocated mode to compare with")
     if args.rounds < 1:
         p.error("--rounds must be >= 1")
+    if args.unloaded_samples < 1:
+        p.error("--unloaded-samples must be >= 1")
     args.modes = [DISAGG] + [m for m in modes if m != DISAGG]
     return args
 

@@ -60,6 +60,7 @@ def test_pooled_ratio_is_the_mean_attainment_over_rounds() -> None:
     (["--modes", "disaggregated,nope"], "--modes: unknown"),
     (["--modes", "disaggregated,disaggregated-gloo"], "needs at least one colocated"),
     (["--rounds", "0"], "--rounds must be"),
+    (["--unloaded-samples", "0"], "--unloaded-samples must be"),
 ])
 def test_bad_flags_name_the_flag(argv: list[str], message: str,
                                  capsys: pytest.CaptureFixture[str]) -> None:
