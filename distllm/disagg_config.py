@@ -41,6 +41,10 @@ class DisaggConfig:
     # how KV moves between a prefill and a decode worker; auto: gloo on CPU, CUDA IPC on the
     # same GPU, NCCL between GPUs. A forced choice that cannot connect a pair fails at start-up
     kv_transport: str = "auto"
+    # decode and colocated instances with pp = 1 schedule a decode step while the previous one
+    # runs (the worker feeds it the token it just sampled), so the worker never waits for the
+    # driver between steps; off: one step at a time
+    async_scheduling: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -91,6 +95,9 @@ class DisaggConfig:
                        help="KV migration transport: auto (shared memory between CPU workers "
                             "on one node, gloo between CPU nodes, CUDA IPC when prefill and "
                             "decode share a GPU, NCCL between GPUs), or force one")
+        g.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_false",
+                       help="decode one step at a time (default: decode and colocated instances "
+                            "with pp=1 schedule the next step while one runs)")
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> DisaggConfig | None:
@@ -99,16 +106,22 @@ class DisaggConfig:
         placement = getattr(ns, "placement", None)
         if placement:
             return cls.from_placement(placement, ray_address=ns.ray_address,
-                                      kv_transport=_kv_transport(ns))
+                                      kv_transport=_kv_transport(ns),
+                                      async_scheduling=_async_scheduling(ns))
         if ns.mode is None:
             return None
         return cls(mode=ns.mode, prefill_tp=ns.prefill_tp, prefill_pp=ns.prefill_pp,
                    decode_tp=ns.decode_tp, decode_pp=ns.decode_pp,
                    num_prefill_instances=ns.num_prefill_instances,
                    num_decode_instances=ns.num_decode_instances, ray_address=ns.ray_address,
-                   kv_transport=_kv_transport(ns))
+                   kv_transport=_kv_transport(ns), async_scheduling=_async_scheduling(ns))
 
 
 def _kv_transport(ns: argparse.Namespace) -> str:
     """NOTE: parsers built before --kv-transport existed lack it: auto."""
     return getattr(ns, "kv_transport", None) or "auto"
+
+
+def _async_scheduling(ns: argparse.Namespace) -> bool:
+    """NOTE: parsers built before --no-async-scheduling existed lack it: on."""
+    return getattr(ns, "async_scheduling", True)

@@ -12,12 +12,18 @@ from pathlib import Path
 import numpy as np
 
 TTFT_FACTOR, TPOT_TIGHT, TPOT_LOOSE, TARGET = 4.0, 2.0, 5.0, 0.9
-# mode -> (DisaggConfig mode, instances, torch threads per worker, --kv-transport); each mode
-# uses both cores. "disaggregated" takes the engine's default transport (auto), "-gloo" forces
-# gloo, so the transport's share of the result is measured side by side.
-MODES = {"disaggregated": ("disaggregated", 1, 1, "auto"),
-         "disaggregated-gloo": ("disaggregated", 1, 1, "gloo"),
-         "colocated-2x1": ("colocated", 2, 1, "auto"), "colocated-1x2": ("colocated", 1, 2, "auto")}
+# mode -> (DisaggConfig mode, instances, torch threads per worker, --kv-transport, async
+# scheduling); each mode uses both cores. "disaggregated" takes the engine's defaults (KV over
+# shared memory, async scheduling); "-sync" schedules one step at a time and "-gloo" forces gloo,
+# so their share of the result is measured side by side. The baseline is the best colocated mode.
+MODES = {"disaggregated": ("disaggregated", 1, 1, "auto", True),
+         "disaggregated-sync": ("disaggregated", 1, 1, "auto", False),
+         "disaggregated-gloo": ("disaggregated", 1, 1, "gloo", True),
+         "colocated-2x1": ("colocated", 2, 1, "auto", True),
+         "colocated-2x1-sync": ("colocated", 2, 1, "auto", False),
+         "colocated-1x2": ("colocated", 1, 2, "auto", True)}
+DEFAULT_MODES = ("disaggregated", "disaggregated-sync", "colocated-2x1", "colocated-2x1-sync",
+                 "colocated-1x2")
 DISAGG = "disaggregated"  # the mode the goal is about
 
 
@@ -96,6 +102,9 @@ def pool_reports(paths: list[Path]) -> dict:
         if rep["meta"]["rates"] != rates or rep["meta"]["modes"] != modes:
             raise ValueError(f"--pool-reports: {path} has rates {rep['meta']['rates']} and modes "
                              f"{rep['meta']['modes']}, {paths[0]} {rates} and {modes}")
+        if rep.get("modes_spec") != reports[0].get("modes_spec"):  # e.g. an older engine's
+            raise ValueError(f"--pool-reports: {path} ran its modes as {rep.get('modes_spec')}, "
+                             f"{paths[0]} as {reports[0].get('modes_spec')}")
     rounds = [rd for rep in reports for rd in rep["rounds"]]
     return {"meta": {"pooled_from": [str(p) for p in paths], "rates": rates, "modes": modes},
             "model": reports[0].get("model", {}), "modes_spec": reports[0]["modes_spec"],

@@ -99,20 +99,21 @@ class BlockManager:
         needed = self.num_blocks_for(request.num_tokens)
         request.block_table = [self.device.allocate() for _ in range(needed)]
 
-    def _append_needs(self, request: Request) -> int:
-        """Free blocks needed to write the token at position num_tokens - 1."""
-        if len(request.block_table) < self.num_blocks_for(request.num_tokens):
+    def _append_needs(self, request: Request, ahead: int = 0) -> int:
+        """Free blocks needed to write the token at position num_tokens - 1 + ahead."""
+        if len(request.block_table) < self.num_blocks_for(request.num_tokens + ahead):
             return 1
         return 1 if self.device.ref_count(request.block_table[-1]) > 1 else 0
 
-    def can_append_slot(self, request: Request) -> bool:
-        return self.num_free_blocks >= self._append_needs(request)
+    def can_append_slot(self, request: Request, ahead: int = 0) -> bool:
+        return self.num_free_blocks >= self._append_needs(request, ahead)
 
-    def append_slot(self, request: Request) -> tuple[int, int] | None:
-        """Make room for the request's newest token. Returns a (src, dst) block copy when the last
-        block was shared (copy-on-write), else None."""
+    def append_slot(self, request: Request, ahead: int = 0) -> tuple[int, int] | None:
+        """Make room for the request's newest token (or, with `ahead`, for a token that many
+        positions further, whose predecessors are being sampled in a step in flight). Returns a
+        (src, dst) block copy when the last block was shared (copy-on-write), else None."""
         table = request.block_table
-        if len(table) < self.num_blocks_for(request.num_tokens):
+        if len(table) < self.num_blocks_for(request.num_tokens + ahead):
             table.append(self.device.allocate())
             return None
         last = table[-1]

@@ -11,7 +11,9 @@ When a running request cannot get a slot, the newest running request is preempte
 CPU (`preemption_mode="swap"`, while swap space lasts) or recomputed (its blocks are freed and it
 goes back to the head of the waiting queue). Swapped requests come back before new admissions.
 With pp > 1 (`num_micro_batches`), requests in a step still in flight are skipped (neither
-scheduled nor preempted) and one step decodes at most its share of the running requests.
+scheduled nor preempted) and one step decodes at most its share of the running requests. With
+pp = 1 and `lookahead` (async scheduling), a request whose decode step is in flight decodes one
+step ahead (Scheduler docstring), so the worker never waits for the driver between steps.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from collections import deque
 
 from distllm.core.block_manager import AllocStatus
 from distllm.core.request_state import Request, RequestStatus
-from distllm.core.scheduler import Scheduler, scheduled_request
+from distllm.core.scheduler import Scheduler, lookahead_request, scheduled_request
 from distllm.core.scheduler_output import SchedulerOutput
 
 logger = logging.getLogger(__name__)
@@ -116,6 +118,25 @@ class ColocatedScheduler(Scheduler):
                     out.blocks_to_copy.append(copy)
                 out.decodes.append(scheduled_request(request))
                 budget -= 1
+        if self.lookahead:
+            budget = self._schedule_lookahead(out, budget, max_decodes)
+        return budget
+
+    def _schedule_lookahead(self, out: SchedulerOutput, budget: int, max_decodes: int) -> int:
+        """Async scheduling: one more token for running requests whose decode step is in
+        flight, oldest first, while their slot fits without preempting anyone (a request in
+        flight is never preempted; it is simply scheduled normally once its step is back)."""
+        for request in self.running:
+            if budget <= 0 or len(out.decodes) >= max_decodes:
+                break
+            if not (self.can_look_ahead(request)
+                    and self.block_manager.can_append_slot(request, ahead=1)):
+                continue
+            copy = self.block_manager.append_slot(request, ahead=1)
+            if copy is not None:
+                out.blocks_to_copy.append(copy)
+            out.decodes.append(lookahead_request(request))
+            budget -= 1
         return budget
 
     def _preempt(self, request: Request, out: SchedulerOutput) -> None:

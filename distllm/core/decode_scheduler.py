@@ -29,8 +29,9 @@ class DecodeScheduler(ColocatedScheduler):
     """Decode-only instance fed by KV migrations."""
 
     def __init__(self, config: SchedulerConfig, block_manager: BlockManager, max_model_len: int,
-                 pull_threshold: float = 0.5, num_micro_batches: int = 1) -> None:
-        super().__init__(config, block_manager, max_model_len, num_micro_batches)
+                 pull_threshold: float = 0.5, num_micro_batches: int = 1,
+                 lookahead: bool = False) -> None:
+        super().__init__(config, block_manager, max_model_len, num_micro_batches, lookahead)
         self.pull_threshold = pull_threshold
         self.migrating: dict[str, Request] = {}  # request id -> request whose KV is in flight
         self._abort_on_arrival: set[str] = set()  # ids aborted while their KV was in flight

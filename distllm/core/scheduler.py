@@ -10,15 +10,21 @@ from collections import deque
 from distllm.config import SchedulerConfig
 from distllm.core.block_manager import BlockManager
 from distllm.core.request_state import Request, RequestStatus
-from distllm.core.scheduler_output import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
+from distllm.core.scheduler_output import (
+    LAST_SAMPLED,
+    ModelRunnerOutput,
+    ScheduledRequest,
+    SchedulerOutput,
+)
 from distllm.core.stop_checker import check_stop
 from distllm.request import LifecycleEvent
 
 
-def suppressed_token_ids(request: Request) -> tuple[int, ...]:
-    """Stop tokens the request may not sample yet (it has fewer than min_tokens outputs)."""
+def suppressed_token_ids(request: Request, ahead: int = 0) -> tuple[int, ...]:
+    """Stop tokens the request may not sample yet (it has fewer than min_tokens outputs, counting
+    `ahead` tokens sampled in a step still in flight)."""
     params = request.sampling_params
-    if request.num_output_tokens >= params.min_tokens:
+    if request.num_output_tokens + ahead >= params.min_tokens:
         return ()
     eos = () if params.ignore_eos or request.eos_token_id is None else (request.eos_token_id,)
     return params.stop_token_ids + eos
@@ -40,6 +46,19 @@ def scheduled_request(request: Request, num_tokens: int | None = None) -> Schedu
     )
 
 
+def lookahead_request(request: Request) -> ScheduledRequest:
+    """The worker's view of a request decoding one step ahead: its input is the token its step in
+    flight samples (LAST_SAMPLED), at position num_tokens."""
+    return ScheduledRequest(
+        request_id=request.request_id,
+        token_ids=[LAST_SAMPLED],
+        num_computed_tokens=request.num_tokens,
+        block_table=list(request.block_table),
+        sampling_params=request.sampling_params,
+        suppressed_token_ids=suppressed_token_ids(request, ahead=1),
+    )
+
+
 class Scheduler(ABC):
     """Decides, step by step, which requests run and which KV blocks they use.
 
@@ -53,13 +72,25 @@ class Scheduler(ABC):
     (abort, stop string) meanwhile, its blocks are freed only once the step is back (the step
     may still write them). Running decodes are shared out: one step takes at most
     ceil(running / num_micro_batches) of them.
+
+    With `lookahead` (async scheduling; one micro-batch only, as the next token must be on the
+    worker that runs the next step) a request in flight in a decode step may decode once more
+    before that step is back: the worker feeds it the token it sampled for it last
+    (LAST_SAMPLED). Never past max_tokens or the model length; when the token in flight ends
+    the request otherwise (EOS, a stop token or string, an abort), the step ahead's token is
+    dropped.
     """
 
     def __init__(self, config: SchedulerConfig, block_manager: BlockManager,
-                 max_model_len: int, num_micro_batches: int = 1) -> None:
+                 max_model_len: int, num_micro_batches: int = 1,
+                 lookahead: bool = False) -> None:
         if num_micro_batches < 1:
             raise ValueError(f"num_micro_batches must be >= 1, got {num_micro_batches}")
+        if lookahead and num_micro_batches > 1:
+            raise ValueError("lookahead (async scheduling) needs num_micro_batches == 1: with "
+                             "pipeline stages the sampled token is not on the first stage")
         self.num_micro_batches = num_micro_batches
+        self.lookahead = lookahead
         self.config = config
         self.block_manager = block_manager
         self.max_model_len = max_model_len
@@ -68,7 +99,8 @@ class Scheduler(ABC):
         self.running: list[Request] = []  # admission order, oldest first
         self.swapped: deque[Request] = deque()  # swap-out order, oldest first
         self._finished_ids: list[str] = []  # finished since the last schedule(), for the worker
-        self._inflight_ids: set[str] = set()  # ids of requests in a step not yet returned
+        self._inflight_ids: dict[str, int] = {}  # id -> steps in flight it is part of (>= 1)
+        self._inflight_decode_ids: set[str] = set()  # in flight in decode steps only
         self._free_on_return: dict[str, Request] = {}  # id -> finished while in flight
         self.num_inflight_swap_outs = 0  # steps in flight that swap blocks out
 
@@ -105,14 +137,29 @@ class Scheduler(ABC):
         scheduled again, and those finished while it was in flight give their blocks back."""
         self.num_inflight_swap_outs -= bool(scheduler_output.blocks_to_swap_out)
         for scheduled in scheduler_output.scheduled:
-            self._inflight_ids.discard(scheduled.request_id)
-            finished = self._free_on_return.pop(scheduled.request_id, None)
+            request_id = scheduled.request_id
+            left = self._inflight_ids.pop(request_id, 1) - 1
+            if left > 0:  # NOTE: its step ahead is still out
+                self._inflight_ids[request_id] = left
+                continue
+            self._inflight_decode_ids.discard(request_id)
+            finished = self._free_on_return.pop(request_id, None)
             if finished is not None:
                 self.block_manager.free(finished)
 
     def is_inflight(self, request: Request) -> bool:
         """Whether the request is part of a scheduled step whose result has not come back."""
         return request.request_id in self._inflight_ids
+
+    def can_look_ahead(self, request: Request) -> bool:
+        """Whether `request` may decode one step ahead now: lookahead is on, it is in flight in
+        exactly one step, a decode, and the token that step samples cannot end it by length."""
+        request_id = request.request_id
+        if not (self.lookahead and self._inflight_ids.get(request_id) == 1
+                and request_id in self._inflight_decode_ids):
+            return False
+        return (request.num_output_tokens + 1 < request.sampling_params.max_tokens
+                and request.num_tokens + 1 < self.max_model_len)
 
     @property
     def has_blocks_pending_free(self) -> bool:
@@ -176,9 +223,15 @@ class Scheduler(ABC):
     def _mark_inflight(self, out: SchedulerOutput) -> SchedulerOutput:
         """Called by schedule() on its result: every scheduled request is now in flight."""
         self.num_inflight_swap_outs += bool(out.blocks_to_swap_out)
-        for scheduled in out.scheduled:
+        for scheduled in out.prefills:
             assert scheduled.request_id not in self._inflight_ids, scheduled.request_id
-            self._inflight_ids.add(scheduled.request_id)
+            self._inflight_ids[scheduled.request_id] = 1
+        for scheduled in out.decodes:
+            ahead = scheduled.token_ids == [LAST_SAMPLED]
+            count = self._inflight_ids.get(scheduled.request_id, 0)
+            assert count == int(ahead), (scheduled.request_id, count)
+            self._inflight_ids[scheduled.request_id] = count + 1
+            self._inflight_decode_ids.add(scheduled.request_id)
         return out
 
     def _max_decodes(self) -> int:

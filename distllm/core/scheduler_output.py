@@ -7,12 +7,17 @@ from dataclasses import dataclass, field
 
 from distllm.sampling_params import SamplingParams
 
+# A decode's token id that stands for the token the worker sampled for this request in its
+# previous step (async scheduling: the step was scheduled before that token came back).
+LAST_SAMPLED = -1
+
 
 @dataclass
 class ScheduledRequest:
     """One request's share of a step: compute `token_ids` at positions
     [num_computed_tokens, num_computed_tokens + len(token_ids)), then sample one token unless
-    this is a prefill chunk that stops short of the request's last token."""
+    this is a prefill chunk that stops short of the request's last token. A decode scheduled one
+    step ahead has `token_ids == [LAST_SAMPLED]`."""
 
     request_id: str
     token_ids: list[int]  # the new tokens whose K/V this step computes and caches

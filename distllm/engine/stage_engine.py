@@ -7,7 +7,10 @@ manager, driving the instance's tp x pp Ray workers.
 Every instance kind keeps up to pp micro-batches (steps) in the pipeline at once, so stage k
 runs step i while stage k+1 runs step i-1; each worker runs its steps in submission order. The
 scheduler puts a request in at most one step in flight (its next token depends on the sampled
-one) and shares the running decodes out among the steps; pp=1 keeps one step at a time.
+one) and shares the running decodes out among the steps. With pp=1, decode and colocated
+instances schedule asynchronously (DisaggConfig.async_scheduling): the next decode step is
+submitted while one runs, its requests fed the tokens the running step samples, so the worker
+does not sit idle through the Ray round trip and the driver's bookkeeping.
 """
 from __future__ import annotations
 
@@ -52,16 +55,20 @@ class StageEngine:
                                           config.cache.watermark, num_swap_blocks)
         args = (config.scheduler, self.block_manager, config.model.max_seq_len)
         micro = dict(num_micro_batches=config.parallel.pp)
+        # NOTE: a prefill instance gains nothing from scheduling ahead (no step feeds the next)
+        lookahead = disagg.async_scheduling and self.pp == 1 and kind != "prefill"
         self.scheduler: Scheduler
         if kind == "prefill":
             self.scheduler = PrefillScheduler(*args, **micro)
         elif kind == "decode":
             self.scheduler = DecodeScheduler(*args, pull_threshold=disagg.decode_pull_threshold,
-                                             **micro)
+                                             lookahead=lookahead, **micro)
         else:
-            self.scheduler = ColocatedScheduler(*args, **micro)
+            self.scheduler = ColocatedScheduler(*args, lookahead=lookahead, **micro)
         self.inflight: list[InflightStep] = []  # submission order
-        self.max_inflight = self.pp  # NOTE: one micro-batch per pipeline stage
+        # NOTE: one micro-batch per pipeline stage; with async scheduling one step runs while
+        # the next waits on the worker
+        self.max_inflight = self.pp + int(lookahead)
         self.peak_inflight = 0  # most steps in flight at once so far
         self.dead_reason: str | None = None  # set when a worker died or hung
 

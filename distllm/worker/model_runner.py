@@ -8,7 +8,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from distllm.core.scheduler_output import ModelRunnerOutput, ScheduledRequest, SchedulerOutput
+from distllm.core.scheduler_output import (
+    LAST_SAMPLED,
+    ModelRunnerOutput,
+    ScheduledRequest,
+    SchedulerOutput,
+)
 from distllm.layers.context import AttentionMetadata, forward_batch
 from distllm.layers.sampler import Sampler, SamplingMetadata
 from distllm.worker.cache_engine import KVCaches
@@ -45,6 +50,9 @@ class ModelRunner:
         self.device = device
         self.sampler = Sampler(torch.Generator(device).manual_seed(seed))
         self._generators: dict[str, torch.Generator] = {}  # request id -> its seeded generator
+        # request id -> the token its last decode sampled: the input of a decode scheduled one
+        # step ahead (LAST_SAMPLED), dropped when the request finishes
+        self._last_sampled: dict[str, int] = {}
 
     @torch.inference_mode()
     def execute_model(self, scheduler_output: SchedulerOutput, kv_caches: KVCaches,
@@ -54,6 +62,7 @@ class ModelRunner:
         the previous stage's output; a stage before the last returns its hidden states."""
         for request_id in scheduler_output.finished_request_ids:
             self._generators.pop(request_id, None)
+            self._last_sampled.pop(request_id, None)
         if not scheduler_output.has_forward:
             return ModelRunnerOutput()
         inputs = self.prepare_inputs(scheduler_output)
@@ -72,8 +81,10 @@ class ModelRunner:
             [r.sampling_params for r in sampled], [self._generator(r) for r in sampled],
             self.vocab_size, self.device, [r.suppressed_token_ids for r in sampled])
         token_ids = self.sampler(logits[:, :self.vocab_size].float(), metadata).tolist()
-        ids = [r.request_id for r in sampled]
-        return ModelRunnerOutput(dict(zip(ids, token_ids, strict=True)))
+        out = dict(zip([r.request_id for r in sampled], token_ids, strict=True))
+        for r in scheduler_output.decodes:
+            self._last_sampled[r.request_id] = out[r.request_id]
+        return ModelRunnerOutput(out)
 
     def generator_states(self, request_ids: list[str]) -> dict[str, torch.Tensor]:
         """States of the given requests' seeded generators (request id -> state), so another
@@ -103,7 +114,7 @@ class ModelRunner:
         token_ids, positions, slots, last = [], [], [], []
         for r in prefills + decodes:
             start = r.num_computed_tokens
-            token_ids += r.token_ids
+            token_ids += self._input_ids(r)
             positions += range(start, start + r.num_tokens)
             slots += self._slots(r)
             if r.sample:
@@ -122,6 +133,16 @@ class ModelRunner:
         return ModelInputs(input_ids=self._tensor(token_ids, torch.int64),
                            positions=self._tensor(positions, torch.int64), attn_metadata=meta,
                            logits_indices=self._tensor(last, torch.int64))
+
+    def _input_ids(self, request: ScheduledRequest) -> list[int]:
+        """The request's new tokens, LAST_SAMPLED replaced by the token this runner sampled."""
+        if request.token_ids != [LAST_SAMPLED]:
+            return request.token_ids
+        token_id = self._last_sampled.get(request.request_id)
+        if token_id is None:
+            raise RuntimeError(f"request {request.request_id}: decode scheduled ahead of a step "
+                               "this worker never ran")
+        return [token_id]
 
     def _fill_prefill_metadata(self, meta: AttentionMetadata,
                                prefills: list[ScheduledRequest]) -> None:

@@ -70,3 +70,15 @@ def test_kv_transport_flag(tmp_path: Path) -> None:
                              decode_tp=1, decode_pp=1, num_prefill_instances=1,
                              num_decode_instances=1, ray_address=None)
     assert DisaggConfig.from_cli_args(old).kv_transport == "auto"  # a parser without the flag
+
+
+def test_async_scheduling_flag(tmp_path: Path) -> None:
+    assert DisaggConfig().async_scheduling
+    assert DisaggConfig.from_cli_args(_parse(["--mode", "colocated"])).async_scheduling
+    d = DisaggConfig.from_cli_args(_parse(["--mode", "disaggregated", "--no-async-scheduling"]))
+    assert not d.async_scheduling
+    path = tmp_path / "placement.json"
+    path.write_text(json.dumps({"model": "m", "mode": "colocated",
+                                "colocated": {"tp": 1, "pp": 1, "instances": 2}}))
+    d = DisaggConfig.from_cli_args(_parse(["--placement", str(path), "--no-async-scheduling"]))
+    assert not d.async_scheduling and d.num_decode_instances == 2

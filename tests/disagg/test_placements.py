@@ -13,6 +13,7 @@ from tests.disagg.conftest import ENGINE_KWARGS, greedy_params
 
 PLACEMENTS = {
     "p1-d1": dict(mode="disaggregated"),
+    "p1-d1-sync": dict(mode="disaggregated", async_scheduling=False),  # one step at a time
     "p-tp2-d1": dict(mode="disaggregated", prefill_tp=2),  # KV over shared memory (auto, CPU)
     "p-tp2-d1-gloo": dict(mode="disaggregated", prefill_tp=2, kv_transport="gloo"),
     "p-pp2-d-tp2": dict(mode="disaggregated", prefill_pp=2, decode_tp=2),

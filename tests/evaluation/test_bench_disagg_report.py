@@ -97,3 +97,19 @@ def test_pool_reports_equals_one_run_of_all_rounds(tmp_path) -> None:  # noqa: A
     paths[1].write_text(json.dumps(other))
     with pytest.raises(ValueError, match="--pool-reports"):
         bench.pool_reports(paths)
+    # nor a run of the same modes by an engine that ran them otherwise (e.g. before async
+    # scheduling: 4-field mode specs)
+    other["meta"]["rates"] = [1.0, 2.0]
+    other["modes_spec"]["disaggregated"] = ["disaggregated", 1, 1, "auto"]
+    paths[1].write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="ran its modes as"):
+        bench.pool_reports(paths)
+
+
+def test_default_modes_compare_async_scheduling_side_by_side() -> None:
+    args = bench.parse_args([])
+    assert args.modes == ["disaggregated", "disaggregated-sync", "colocated-2x1",
+                          "colocated-2x1-sync", "colocated-1x2"]
+    assert {m: bench.MODES[m][4] for m in args.modes} == {
+        "disaggregated": True, "disaggregated-sync": False, "colocated-2x1": True,
+        "colocated-2x1-sync": False, "colocated-1x2": True}
