@@ -152,12 +152,15 @@ class Cluster:
             self.colocated.append(inst)
 
     # -- host CPU (simdist.host; a no-op without the profile's host section) -----------------
-    def step_time(self, inst: object, dt: float) -> float:
-        """Duration of a step of `inst` starting now: `dt`, stretched by host contention."""
+    def step_time(self, inst: object, dt: float, is_prefill: bool | None = None) -> float:
+        """Duration of a step of `inst` starting now: `dt`, stretched by host contention
+        (`is_prefill`: the step has prefill tokens; None: inst is a prefill instance)."""
         host = self.host
         if host is None:
             return dt
-        return host.begin_step(self.sim.now, dt, len(inst.gpus) // inst.cost.pp)
+        if is_prefill is None:
+            is_prefill = isinstance(inst, PrefillInstance)
+        return host.begin_step(self.sim.now, dt, len(inst.gpus) // inst.cost.pp, is_prefill)
 
     def step_done(self, inst: object, num_tokens: int) -> None:
         """A step of `inst` ended and streamed `num_tokens` output tokens."""

@@ -138,7 +138,7 @@ class ColocatedInstance:
     def _launch(self, dt: float, chunks: list, decodes: bool) -> None:
         """Run one iteration of (profiled) duration dt from now."""
         self.busy = True
-        end = self.sim.now + self.cluster.step_time(self, dt)
+        end = self.sim.now + self.cluster.step_time(self, dt, bool(chunks))
         self.sim.schedule(end, _STEP_END, self._on_iteration_end, (chunks, decodes))
 
     def _on_iteration_end(self, arg: tuple) -> None:

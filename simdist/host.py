@@ -4,19 +4,30 @@ On a small CPU host the instances' worker threads, the API server (HTTP, token s
 detokenization, the engine driver) and the load generator share the same cores. Step-level
 profiling runs without that frontend, so under load the real steps stretch. An optional profile
 section `host: {cores, frontend_cpu_ms_per_step, frontend_cpu_ms_per_token,
-frontend_cpu_ms_per_request, background_cores, frontend_latency_ms, window_ms}` (measured by
-`distllm.profiler.host` around a benchmark round) turns this on:
+frontend_cpu_ms_per_request, background_cores, frontend_latency_ms, window_ms, contention_prefill,
+contention_decode}` (frontend figures measured by `distllm.profiler.host` around a benchmark round,
+contention coefficients by `distllm.profiler.contention` / `distllm profile`) turns this on:
 
     demand  = worker threads in a step (this one included) + frontend cores + background cores
     frontend cores = CPU ms of the steps, tokens and requests the frontend handled in the last
                      `window_ms` of simulated time / window_ms
-    step    = profiled step * max(1, demand / cores)          (fair share, fixed at step start)
+    others  = worker threads of OTHER instances inside a step when this one starts
+    step    = profiled step * max(1, demand / cores)           (fair share of the cores)
+                            * (1 + contention_<kind> * others) (memory bandwidth / caches)
+              both fixed at step start; kind = prefill for a step with prefill tokens, else decode
     TTFT   += frontend_latency_ms (HTTP, tokenization, first-token streaming; the engine
               receives each request that much after it was sent)
 
 The frontend's CPU follows the engine's steps (the driver schedules, dispatches and collects
 every step and streams its tokens): measured on this host its CPU per step is nearly the same at
 3 and 9 req/s while its CPU per token halves.
+
+The contention term is what the fair share misses: on the 2-core demo host a decode step streams
+the model's 115 MB of fp32 weights, and it runs 30-100 % slower while a prefill runs on the other
+core (and the reverse), though 2 busy workers on 2 cores never exceed the cores. It is measured
+by timing each kind of step alone and while another process runs steps of the other kind
+(`distllm.profiler.contention`): contention_kind = contended / (alone * fair share) - 1.
+Absent coefficients are 0: the same simulation, bit for bit, as before they existed.
 
 Absent section: no HostModel is built and every step is exactly the profiled one.
 """
@@ -37,15 +48,19 @@ class HostSpec:
     # added to TTFT (the engine receives each request this much after it was sent)
     frontend_latency_ms: float = 0.0
     window_ms: float = 500.0  # frontend load: CPU spent over this much recent simulated time
+    # per other busy worker thread at step start: a prefill / decode step lasts (1 + c) x longer
+    contention_prefill: float = 0.0
+    contention_decode: float = 0.0
 
     def __post_init__(self) -> None:
         if self.cores <= 0:
             raise ValueError(f"host cores must be > 0, got {self.cores}")
         costs = (self.frontend_cpu_ms_per_step, self.frontend_cpu_ms_per_token,
                  self.frontend_cpu_ms_per_request, self.background_cores,
-                 self.frontend_latency_ms)
+                 self.frontend_latency_ms, self.contention_prefill, self.contention_decode)
         if min(costs) < 0:
-            raise ValueError("host frontend CPU costs and background cores must be >= 0")
+            raise ValueError("host frontend CPU costs, background cores and contention "
+                             "coefficients must be >= 0")
         if self.window_ms <= 0:
             raise ValueError("host window_ms must be > 0")
 
@@ -56,7 +71,7 @@ class HostSpec:
             return None
         keys = ("cores", "frontend_cpu_ms_per_step", "frontend_cpu_ms_per_token",
                 "frontend_cpu_ms_per_request", "background_cores", "frontend_latency_ms",
-                "window_ms")
+                "window_ms", "contention_prefill", "contention_decode")
         return cls(**{k: float(d[k]) for k in keys if k in d})
 
 
@@ -65,7 +80,7 @@ class HostModel:
     recent CPU work. Deterministic: a function of the event order only."""
 
     __slots__ = ("cores", "per_step_ms", "per_token_ms", "per_request_ms", "background",
-                 "window_s", "busy", "recent", "recent_ms")
+                 "window_s", "busy", "recent", "recent_ms", "c_prefill", "c_decode")
 
     def __init__(self, spec: HostSpec) -> None:
         self.cores = spec.cores
@@ -74,6 +89,7 @@ class HostModel:
         self.per_token_ms = spec.frontend_cpu_ms_per_token
         self.per_request_ms = spec.frontend_cpu_ms_per_request
         self.window_s = spec.window_ms * 1e-3
+        self.c_prefill, self.c_decode = spec.contention_prefill, spec.contention_decode
         self.busy = 0  # worker threads inside a step
         self.recent: deque[tuple[float, float]] = deque()  # (time s, frontend CPU ms)
         self.recent_ms = 0.0
@@ -99,11 +115,19 @@ class HostModel:
             self.recent_ms = 0.0  # no float drift once the window empties
         return self.recent_ms * 1e-3 / self.window_s
 
-    def begin_step(self, now: float, dt: float, threads: int = 1) -> float:
-        """A step of `threads` worker threads starts; returns its stretched duration."""
+    def begin_step(self, now: float, dt: float, threads: int = 1,
+                   is_prefill: bool = False) -> float:
+        """A step of `threads` worker threads starts; returns its stretched duration: fair
+        share of the cores, then the contention of the other instances' busy threads."""
+        others = self.busy
         self.busy += threads
         demand = self.busy + self.background + self.frontend_cores(now)
-        return dt * demand / self.cores if demand > self.cores else dt
+        if demand > self.cores:
+            dt = dt * demand / self.cores
+        c = self.c_prefill if is_prefill else self.c_decode
+        if c > 0 and others > 0:  # c = 0: dt untouched (bit-identical to no term)
+            dt = dt * (1.0 + c * others)
+        return dt
 
     def end_step(self, threads: int = 1) -> None:
         self.busy -= threads

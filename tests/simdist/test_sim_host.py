@@ -81,7 +81,8 @@ def test_host_model_demand_and_window() -> None:
 
 @pytest.mark.parametrize("bad", [{"cores": 0}, {"cores": 2, "frontend_cpu_ms_per_step": -1},
                                  {"cores": 2, "window_ms": 0},
-                                 {"cores": 2, "background_cores": -0.5}])
+                                 {"cores": 2, "background_cores": -0.5},
+                                 {"cores": 2, "contention_decode": -0.1}])
 def test_host_spec_validation(bad: dict) -> None:
     with pytest.raises(ValueError):
         HostSpec.from_dict(bad)
@@ -107,3 +108,43 @@ def test_frontend_latency_adds_to_ttft_and_leaves_tpot() -> None:
     assert tpot1 == A(tpot0, abs=1e-12)
     arrival = late.requests[1].log[0]
     assert arrival[1] == A(0.009) and late.requests[1].arrival == A(0.005)
+
+
+def test_contention_stretches_a_step_by_its_coefficient_per_other_busy_worker() -> None:
+    """Toy on 2 cores (no fair-share stretch): r0's first decode step (6 ms) starts at 0.0201
+    while r1's prefill runs: 1 other busy worker, c_decode 0.5 -> 9 ms. r1's prefill started
+    at 0.020 with the decode instance idle: c_prefill does not touch it."""
+    toy = toy_profile()
+    wl = fixed_workload([100, 100], [3, 2], [0.0, 0.005])
+    host = {"cores": 2, "contention_prefill": 1.0, "contention_decode": 0.5}
+    base = simulate(DISAGG, _with_host(toy, {"cores": 2}), wl, 1.0)
+    hit = simulate(DISAGG, _with_host(toy, host), wl, 1.0)
+    assert base.requests[0].token_timestamps()[1] == A(0.0201 + 0.006, abs=1e-9)
+    assert hit.requests[0].token_timestamps()[1] == A(0.0201 + 0.009, abs=1e-9)
+    assert hit.requests[1].first_token == base.requests[1].first_token == A(0.040, abs=1e-9)
+
+
+def test_host_model_contention_counts_other_instances_threads_only() -> None:
+    host = HostModel(HostSpec(cores=8, contention_prefill=0.3, contention_decode=0.5))
+    assert host.begin_step(0.0, 0.010, 2, is_prefill=True) == 0.010  # alone (its 2 threads)
+    assert host.begin_step(0.0, 0.010) == A(0.010 * (1 + 0.5 * 2))  # decode, 2 others busy
+    assert host.begin_step(0.0, 0.010, 1, is_prefill=True) == A(0.010 * (1 + 0.3 * 3))
+    host.end_step(4)
+    crowded = HostModel(HostSpec(cores=1, contention_decode=0.5))
+    crowded.begin_step(0.0, 0.010, is_prefill=True)
+    assert crowded.begin_step(0.0, 0.010) == A(0.010 * 2 * 1.5)  # fair share, then contention
+
+
+def test_zero_or_absent_contention_keys_give_the_same_run_bit_for_bit() -> None:
+    prof = load_profile("cpu-demo")
+    host = {k: v for k, v in prof.host.items() if not k.startswith("contention_")}
+    wl = make_workload("sharegpt", 80, seed=1)
+    spec = ClusterSpec("distllm-demo", (InstanceSpec("prefill", gpus=(0,)),
+                                        InstanceSpec("decode", gpus=(1,))))
+    absent = simulate(spec, _with_host(prof, host), wl, 8.0)
+    zero = simulate(spec, _with_host(prof, {**host, "contention_prefill": 0.0,
+                                            "contention_decode": 0.0}), wl, 8.0)
+    assert _stamps(zero) == _stamps(absent)
+    hit = simulate(spec, _with_host(prof, {**host, "contention_prefill": 0.5,
+                                           "contention_decode": 0.5}), wl, 8.0)
+    assert sum(hit.ttft_tpot()[1]) > sum(absent.ttft_tpot()[1])  # and the term does act
