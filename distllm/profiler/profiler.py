@@ -25,6 +25,7 @@ class ProfileRun:
     fit: FitResult | None = None
     kv_capacity_tokens: int = 0
     transfer: dict = field(default_factory=dict)  # bytes/seconds per size, gb_s, latency_ms
+    host: dict = field(default_factory=dict)  # the profile's host section (contention.py)
 
 
 def _median_ms(timer: StepTimer, out: object, grid: ProfileGridConfig) -> float:
@@ -63,15 +64,42 @@ def measure_transfer(timer: StepTimer, block_size: int, repeats: int = 5) -> dic
             "points": [{"blocks": n, "bytes": b, "seconds": s} for n, (b, s) in sizes.items()]}
 
 
+def measure_host(timer: StepTimer, grid: ProfileGridConfig) -> dict:
+    """The host section (distllm.profiler.contention) of a real CPU timer's config: cores and
+    the contention of two tp1 workers; cores only where contention cannot be measured."""
+    from distllm.profiler.contention import ContentionConfig, host_section, measure_contention
+
+    cfg = ContentionConfig(repeats=max(4, 2 * grid.repeats), warmup=grid.warmup)
+    try:
+        return host_section(measure_contention(timer.config, cfg))
+    except (RuntimeError, ValueError) as e:
+        logger.warning("contention not measured (%s): host section has cores only", e)
+        return host_section()
+
+
+def _is_cpu_timer(timer: StepTimer) -> bool:
+    from distllm.profiler.timers import InProcessTimer, RayTimer
+
+    config = timer.config
+    return (isinstance(timer, InProcessTimer | RayTimer) and config.device == "cpu"
+            and config.parallel.world_size == 1)
+
+
 def profile_model(timer: StepTimer, grid: ProfileGridConfig, progress: bool = True,
-                  measure_kv_transfer: bool = True) -> ProfileRun:
-    """Time the grid, fit, and measure the KV figures of `timer`'s instance."""
+                  measure_kv_transfer: bool = True,
+                  measure_host_section: bool | None = None) -> ProfileRun:
+    """Time the grid, fit, and measure the KV figures of `timer`'s instance, and (default:
+    for a real tp1 CPU timer) the host section: cores and step contention."""
     vocab = timer.config.model.dims.vocab_size
     run = time_grid(timer, grid, vocab, progress)
     run.fit = fit_profile_entry(run.prefill, run.decode)
     run.kv_capacity_tokens = timer.kv_capacity_tokens()
     if measure_kv_transfer:
         run.transfer = measure_transfer(timer, grid.block_size)
+    if measure_host_section is None:
+        measure_host_section = _is_cpu_timer(timer)
+    if measure_host_section:
+        run.host = measure_host(timer, grid)
     logger.info("fit residuals: prefill max %.1f %% rms %.1f %%, decode max %.1f %% rms %.1f %%",
                 100 * run.fit.prefill.max_rel, 100 * run.fit.prefill.rms_rel,
                 100 * run.fit.decode.max_rel, 100 * run.fit.decode.rms_rel)
@@ -89,10 +117,13 @@ def to_profile(run: ProfileRun, model_name: str, kv_bytes_per_token: int, tp: in
         overhead["transfer_ms"] = run.transfer["latency_ms"]
     model = {"kv_bytes_per_token": kv_bytes_per_token, "tp": {str(tp): run.fit.entry},
              "kv_capacity_tokens": {f"{tp}x{pp}": run.kv_capacity_tokens}}
-    return {"format": PROFILE_FORMAT, "hardware": hardware, "engine": engine,
+    out = {"format": PROFILE_FORMAT, "hardware": hardware, "engine": engine,
             "source": source or f"distllm profile on {platform.node() or 'this host'}",
             "overhead": overhead,
             "interconnect": interconnect, "models": {model_name: model},
             "fit": {"prefill": run.fit.prefill.to_json(), "decode": run.fit.decode.to_json(),
                     "transfer": run.transfer,
                     "samples": {"prefill": run.prefill, "decode": run.decode}}}
+    if run.host:
+        out["host"] = run.host
+    return out

@@ -67,6 +67,7 @@ def test_fit_recovers_a_known_cost_model_exactly() -> None:
     assert entry["decode_large"] == pytest.approx([1.5, 0.001, 0.02], rel=1e-4, abs=1e-9)
     assert run.transfer["gb_s"] == pytest.approx(1.0, rel=1e-6)
     assert run.transfer["latency_ms"] == pytest.approx(2.0, rel=1e-6)
+    assert run.host == {}  # no real worker: no host section measured
 
 
 def test_profile_dict_loads_in_simdist_and_predicts_the_fit() -> None:
@@ -125,6 +126,7 @@ def test_cli_writes_a_profile_simdist_simulates_with(tiny_model: Path, tmp_path:
                                                       capsys: pytest.CaptureFixture) -> None:
     from distllm.entrypoints.cli import main
     from simdist.cli import simulate_main
+    from simdist.host import HostSpec
     from simdist.profile import load_profile
 
     out = tmp_path / "p.json"
@@ -136,6 +138,11 @@ def test_cli_writes_a_profile_simdist_simulates_with(tiny_model: Path, tmp_path:
     assert "prefill  fit residual" in text and "decode   fit residual" in text
     prof = load_profile(out)
     assert prof.tps("tiny") == [1] and prof.kv_capacity("tiny", 1) == 2048
+    host = json.loads(out.read_text())["host"]  # on CPU: cores + contention coefficients
+    spec = HostSpec.from_dict(prof.host)
+    assert spec is not None and spec.cores >= 1 and host["cores"] == spec.cores
+    assert spec.contention_prefill >= 0 and spec.contention_decode >= 0
+    assert "contention" in host["measured"]
     assert simulate_main(["--profile", str(out), "--model", "tiny", "--workload", "humaneval",
                           "--num-requests", "20", "--rate", "2", "--hardware", "a100-80g"]) == 0
     assert "completed" in capsys.readouterr().out
@@ -150,3 +157,4 @@ def test_gloo_transfer_moves_the_slab_between_processes() -> None:
     nbytes, seconds = time_gloo_transfer(shape, torch.float32, repeats=2)
     assert nbytes == 2 * 2 * 8 * 2 * 8 * 16 * 4
     assert 0 < seconds < 60
+
