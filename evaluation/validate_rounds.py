@@ -145,3 +145,22 @@ def calibration_rates(cfg: argparse.Namespace) -> list[float]:
     rate = cfg.calibrate_rate or float(np.median(cfg.rates))
     factors = (1.0, 1.0 - cfg.calibrate_rate_spread, 1.0 + cfg.calibrate_rate_spread)
     return [rate * factors[k % 3] for k in range(cfg.calibrate_rounds)]
+
+
+def host_with_contention(cfg: argparse.Namespace, host: dict, profile: object,
+                         rounds: list[tuple], roles: tuple[str, ...]) -> dict:
+    """The pooled host section plus contention coefficients (simdist.host): with
+    --fit-contention and a prefill + decode pair, fitted to the calibration rounds
+    (simdist.calibrate.fit_contention); else the profile's own (absent: 0). NOTE: colocated
+    rounds do not say which instance ran a step, so their contrasts mix a mixed step's own
+    prefill with the other instance's; they are not fitted."""
+    from simdist.calibrate import fit_contention, with_host
+
+    keys = ("contention_prefill", "contention_decode")
+    out = {**host, **{k: v for k, v in (profile.host or {}).items() if k in keys}}
+    if cfg.fit_contention and tuple(roles) == ("prefill", "decode"):
+        fit = fit_contention(with_host(profile, out), cfg.profile_model, rounds, roles,
+                             sched_spec())
+        out.update({k: fit[k] for k in keys})
+        out["measured"] = {**out.get("measured", {}), "contention_fit": fit}
+    return out

@@ -53,6 +53,7 @@ from evaluation.validate_rounds import (  # noqa: E402,F401 - re-exported (demo,
     SERVE_FLAGS,
     Server,
     calibration_rates,
+    host_with_contention,
     measured_host,
     measured_round,
     pooled_host,
@@ -104,17 +105,20 @@ def calibrate_mode(cfg: argparse.Namespace, mode: str, server: Server, traces: d
     profile's terms fitted to all rounds' requests together (simdist.calibrate)."""
     from simdist.calibrate import calibrate, exp_request_terms, with_host
 
-    roles, samples, hosts = MODES[mode][1], [], []
+    roles, samples, hosts, exps = MODES[mode][1], [], [], []
     for k in range(cfg.calibrate_rounds):
         out = Path(cfg.output_dir) / mode / "calibrate" / f"round-{k}"
         path, cpu = quietest_round(cfg, mode, server, traces[f"calibrate-{k}"], slo, out)
         trace = _read_trace(traces[f"calibrate-{k}"])
         if cfg.host:
             hosts.append(measured_host(path, cpu, trace, roles, profile, cfg.profile_model))
-        samples.append((trace, exp_request_terms(json.loads(path.read_text()))))
+        exps.append(json.loads(path.read_text()))
+        samples.append((trace, exp_request_terms(exps[-1])))
     base = profile
     if hosts:
-        base = with_host(profile, pooled_host(hosts))
+        base = with_host(profile, host_with_contention(
+            cfg, pooled_host(hosts), profile, list(zip([t for t, _ in samples], exps,
+                                                       strict=True)), roles))
         logger.info("%s host: %s", mode, {k: v for k, v in base.host.items() if k != "measured"})
     calib = calibrate(base, cfg.profile_model, samples, roles, sched_spec())
     calib["calibration"]["rates"] = calibration_rates(cfg)
@@ -258,6 +262,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="with --calibrate: measure the host's CPU use in the calibration round "
                         "(frontend per step, load generator per token, other load) and put it "
                         "in the calibrated profile's host section (simdist.host)")
+    p.add_argument("--fit-contention", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --host: fit the host's contention coefficients (disaggregated) "
+                        "to the calibration rounds (simdist.calibrate.fit_contention)")
     p.add_argument("--ttft-slo-ms", type=float, default=None)
     p.add_argument("--tpot-slo-ms", type=float, default=None)
     p.add_argument("-o", "--output-dir", default="evaluation/results/validate_simulator")

@@ -10,6 +10,13 @@ With a measured `host` section (simdist.host) the simulated steps already stretc
 host's load, so the factors only take up what is left (per-step serving overhead of the engine
 loop); the host section itself is measured and never scaled. Without one, a single factor per
 term fitted at one rate has to stand in for a contention that grows with the rate.
+
+`fit_contention` fits the host section's contention coefficients (simdist.host: a step lasts
+(1 + c_kind x other busy instances) longer) to the same rounds: a grid over (c_prefill,
+c_decode), each point calibrated as above, keeping the one whose simulation matches the real
+requests' prefill and decode times best (mean squared log ratio per request). Requests whose
+prefill overlapped the other instance's decode steps and those whose did not, in every round,
+tell the coefficient from the scale.
 """
 from __future__ import annotations
 
@@ -223,3 +230,54 @@ def calibrate(profile: LatencyProfile, model_name: str, samples: Sequence[tuple]
         "num_requests": sum(len(t) for t, _ in samples)}
     d["source"] = f"{profile.source} (calibrated)"
     return d
+
+
+
+CONTENTION_GRID = tuple(round(0.05 * i, 2) for i in range(21))  # coefficients tried, 0 .. 1
+
+
+def _contrasts(exps: Sequence[dict], prefill_ms: object) -> dict[str, float]:
+    """Per kind, the rounds' contention_stats log contrasts, weighted by their sizes."""
+    from distllm.profiler.host import contention_stats
+
+    stats = [contention_stats(e, prefill_ms) for e in exps]
+    out = {}
+    for kind in ("prefill", "decode"):
+        w = sum(s[f"{kind}_weight"] for s in stats)
+        out[kind] = sum(s[kind] * s[f"{kind}_weight"] for s in stats) / w if w else float("nan")
+    return out
+
+
+def fit_contention(profile: LatencyProfile, model_name: str, rounds: Sequence[tuple],
+                   roles: Sequence[str], sched: SchedulerSpec | None = None,
+                   grid: Sequence[float] = CONTENTION_GRID) -> dict:
+    """Contention coefficients of `profile`'s host section (simdist.host) from real rounds
+    `[(trace, real .exp dict)]`: per kind, the coefficient on `grid` whose simulation of the
+    traces slows prefills while decode steps run (decode steps while a prefill runs) by as
+    much, relative to the same without, as the real rounds did (distllm.profiler.host.
+    contention_stats; a contrast, so the profile's scale does not enter). A kind the rounds
+    cannot show (too few steps on either side) keeps 0. Prefill first, decode given it."""
+    if not profile.host:
+        raise ValueError("fit_contention needs a profile with a host section")
+    cost = profile.stage_cost(model_name, 1, 1)
+
+    def prefill_ms(lens: list[int]) -> float:
+        return 1e3 * cost.prefill_stage(sum(lens), sum(n * n for n in lens))
+
+    real = _contrasts([e for _, e in rounds], prefill_ms)
+    coef = {"prefill": 0.0, "decode": 0.0}
+    sims: dict = {}
+    for kind in ("prefill", "decode"):
+        if np.isnan(real[kind]):
+            continue
+        for c in grid:
+            host = {**profile.host, **{f"contention_{k}": v for k, v in coef.items()},
+                    f"contention_{kind}": c}
+            exps = [simulate_trace(t, roles, with_host(profile, host), model_name, sched)
+                    for t, _ in rounds]
+            sims[kind, c] = _contrasts(exps, prefill_ms)[kind]
+        coef[kind] = min(grid, key=lambda c, k=kind: (abs(sims[k, c] - real[k]), c))
+    return {"contention_prefill": coef["prefill"], "contention_decode": coef["decode"],
+            "real_log_contrast": real,
+            "sim_log_contrast": {k: sims.get((k, coef[k])) for k in coef},
+            "sim_log_contrast_without": {k: sims.get((k, 0.0)) for k in coef}}

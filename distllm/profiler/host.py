@@ -8,14 +8,22 @@ whose CPU load competes with the workers for the host's cores and grows with the
 section: the frontend's CPU ms per engine step (steps counted by replaying the round's trace in
 simdist), the load generator's per streamed token, and the host's other load (cores busy outside
 the tree). Linux only (/proc); elsewhere the snapshots are empty.
+
+`contention_stats` reads the same slowdown the other way round, from a round's `.exp` (real or
+simulated): how much longer prefills take while the decode side is busy than while it is idle,
+and decode steps while a prefill runs than while none does (simdist.calibrate.fit_contention
+matches the simulation's to the real one's).
 """
 from __future__ import annotations
 
 import os
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 _PROC = Path("/proc")
 # Ray actors running the model steps retitle themselves "ray::<ActorClass>" (RayWorker,
@@ -129,3 +137,80 @@ def frontend_latency_ms(exp: dict) -> float:
         return 0.0
     lat.sort()
     return 1e3 * max(0.0, lat[len(lat) // 2])
+
+
+BUSY, IDLE = 0.7, 0.3  # share of a prefill overlapped by decode steps: busy above, idle below
+MIN_GROUP = 3  # requests (steps) per side for a ratio to count
+
+
+def _covered(a: float, b: float, spans: list[tuple[float, float]]) -> float:
+    """Share of [a, b] covered by the union of spans (sorted by start)."""
+    if b <= a:
+        return 0.0
+    tot, cur = 0.0, a
+    for x, y in spans:
+        if x >= b:
+            break
+        x, y = max(x, cur), min(y, b)
+        if y > x:
+            tot, cur = tot + y - x, y
+    return tot / (b - a)
+
+
+def _phases(exp: dict) -> list[tuple[dict, dict]]:
+    out = []
+    for q in exp["requests"]:
+        ev = {e["event_type"]: e["timestamp"] for e in q.get("lifecycle_events") or []}
+        if not q.get("error") and "prefill_begin" in ev and "prefill_end" in ev:
+            out.append((q, ev))
+    return out
+
+
+def _log_ratio(pairs: list[tuple[list[float], list[float]]]) -> tuple[float, int]:
+    """Weighted mean over groups of log(median busy / median idle); weight min(side sizes)."""
+    logs, weights = [], []
+    for busy, idle in pairs:
+        if len(busy) >= MIN_GROUP and len(idle) >= MIN_GROUP:
+            logs.append(np.log(np.median(busy) / np.median(idle)))
+            weights.append(min(len(busy), len(idle)))
+    if not weights:
+        return 0.0, 0
+    return float(np.average(logs, weights=weights)), int(sum(weights))
+
+
+def contention_stats(exp: dict, prefill_ms: Callable[[list[int]], float]) -> dict:
+    """Slowdowns of a round (`.exp` dict with lifecycle events and token times):
+    `prefill`: log(median prefill / prefill_ms(batch prompt lens)) while decode steps ran for
+    >= BUSY of it over the same while they ran for <= IDLE of it; `decode`: log(median decode
+    step overlapping a prefill / one that did not), at equal decode batch size, averaged over
+    batch sizes. `*_weight`: 0 where a side had too few requests (steps)."""
+    ph = _phases(exp)
+    dec = sorted((ev["decode_begin"], ev["decode_end"]) for _, ev in ph
+                 if "decode_begin" in ev and "decode_end" in ev)
+    pre = sorted((ev["prefill_begin"], ev["prefill_end"]) for _, ev in ph)
+    batches: dict[float, list[int]] = {}
+    for q, ev in ph:
+        batches.setdefault(round(ev["prefill_begin"], 6), []).append(q["prompt_len"])
+    busy, idle = [], []
+    for _, ev in ph:
+        a, b = ev["prefill_begin"], ev["prefill_end"]
+        norm = (b - a) * 1e3 / max(prefill_ms(batches[round(a, 6)]), 1e-9)
+        share = _covered(a, b, dec)
+        (busy if share >= BUSY else idle if share <= IDLE else []).append(norm)
+    p_log, p_w = _log_ratio([(busy, idle)])
+    steps: dict[tuple[float, float], tuple[int, bool]] = {}
+    # token times may be on the load generator's clock (from its start): moved onto the
+    # engine's by the median send -> engine arrival offset
+    shift = float(np.median([ev["arrival"] - q["start_time"] for q, ev in ph
+                             if "arrival" in ev])) if ph else 0.0
+    for q, _ in ph:
+        ts = [t + shift for t in (q.get("token_timestamps") or [])[1:]]
+        for t0, t1 in zip(ts, ts[1:], strict=False):
+            mid = 0.5 * (t0 + t1)
+            size = sum(x <= mid <= y for x, y in dec)
+            steps[round(t0, 6), round(t1, 6)] = (size, _covered(t0, t1, pre) > 0)
+    by_size: dict[int, tuple[list[float], list[float]]] = {}
+    for (t0, t1), (size, hit) in steps.items():
+        by_size.setdefault(size, ([], []))[0 if hit else 1].append(t1 - t0)
+    d_log, d_w = _log_ratio(list(by_size.values()))
+    return {"prefill": p_log, "prefill_weight": p_w, "decode": d_log, "decode_weight": d_w}
