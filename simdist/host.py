@@ -13,7 +13,7 @@ contention coefficients by `distllm.profiler.contention` / `distllm profile`) tu
                      `window_ms` of simulated time / window_ms
     others  = worker threads of OTHER instances inside a step when this one starts
     step    = profiled step * max(1, demand / cores)           (fair share of the cores)
-                            * (1 + contention_<kind> * others) (memory bandwidth / caches)
+                            * (1 + contention_<kind> * others) (steps of the other phase)
               both fixed at step start; kind = prefill for a step with prefill tokens, else decode
     TTFT   += frontend_latency_ms (HTTP, tokenization, first-token streaming; the engine
               receives each request that much after it was sent)
@@ -22,11 +22,13 @@ The frontend's CPU follows the engine's steps (the driver schedules, dispatches 
 every step and streams its tokens): measured on this host its CPU per step is nearly the same at
 3 and 9 req/s while its CPU per token halves.
 
-The contention term is what the fair share misses: on the 2-core demo host a decode step streams
-the model's 115 MB of fp32 weights, and it runs 30-100 % slower while a prefill runs on the other
-core (and the reverse), though 2 busy workers on 2 cores never exceed the cores. It is measured
-by timing each kind of step alone and while another process runs steps of the other kind
-(`distllm.profiler.contention`): contention_kind = contended / (alone * fair share) - 1.
+The contention term is what the fair share misses: two busy workers on two cores never exceed
+the cores, yet in a served round on the 2-core demo host a prefill runs ~25 % longer while the
+decode instance steps than while it is idle, and a decode step ~20 % longer while a prefill runs
+(the engine driver, Ray and token streaming run beside them). Two bare workers alone slow each
+other by 0-3 % (evaluation/bench_contention.py): the memory bandwidth of the 115 MB fp32 model
+is not the cause. Coefficients come from `distllm profile` (that two-worker measurement,
+distllm.profiler.contention) or are fitted to served rounds (simdist.calibrate.fit_contention).
 Absent coefficients are 0: the same simulation, bit for bit, as before they existed.
 
 Absent section: no HostModel is built and every step is exactly the profiled one.

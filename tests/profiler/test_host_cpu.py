@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from distllm.profiler.host import (
@@ -76,3 +77,39 @@ def test_frontend_latency_is_send_to_engine_plus_prefill_end_to_first_token() ->
                         req(2.0, 1002.010, 1002.020, 2.030)]}  # 10 + 10 ms
     assert frontend_latency_ms(exp) == pytest.approx(7.0)
     assert frontend_latency_ms({"requests": []}) == 0.0
+
+
+def _exp(prefills: list[tuple[float, float]], decodes: list[tuple[float, float]],
+         tokens: list[list[float]]) -> dict:
+    """An .exp dict: request i prefills over prefills[i]; decodes[i] (or None) its decode
+    span with token times tokens[i] (on the load generator's clock, 100 s behind)."""
+    reqs = []
+    for (pb, pe), dec, ts in zip(prefills, decodes, tokens, strict=True):
+        ev = [("arrival", pb), ("prefill_begin", pb), ("prefill_end", pe)]
+        if dec is not None:
+            ev += [("decode_begin", dec[0]), ("decode_end", dec[1])]
+        reqs.append({"prompt_len": 100, "output_len": len(ts), "start_time": pb - 100.0,
+                     "token_timestamps": [t - 100.0 for t in ts],
+                     "lifecycle_events": [{"event_type": k, "timestamp": t} for k, t in ev]})
+    return {"requests": reqs}
+
+
+def test_contention_stats_reads_the_slowdown_under_the_other_phase() -> None:
+    """Request 0 decodes over [0, 10]; prefills inside it take 13 ms, those after it 10 ms
+    (log contrast log 1.3). Its decode steps overlapping a prefill take 12 ms, others 10."""
+    from distllm.profiler.host import contention_stats
+
+    busy = [(1.0 + k, 1.013 + k) for k in range(4)]
+    idle = [(20.0 + k, 20.010 + k) for k in range(4)]
+    steps, t = [0.0, 0.01], 0.01
+    while t < 9.9:
+        hit = any(a < t + 0.01 and t < b for a, b in busy)
+        t += 0.012 if hit else 0.010
+        steps.append(t)
+    exp = _exp([(-0.02, 0.0)] + busy + idle, [(0.0, steps[-1])] + [None] * 8,
+               [steps] + [[pe] for _, pe in busy + idle])
+    s = contention_stats(exp, lambda lens: 10.0)
+    assert s["prefill"] == pytest.approx(np.log(1.3), abs=1e-6) and s["prefill_weight"] == 4
+    assert s["decode"] == pytest.approx(np.log(1.2), abs=0.02) and s["decode_weight"] >= 4
+    empty = contention_stats({"requests": []}, lambda lens: 10.0)
+    assert empty["prefill_weight"] == empty["decode_weight"] == 0

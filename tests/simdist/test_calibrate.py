@@ -113,3 +113,26 @@ def test_decode_step_ms_is_decode_only_and_absent_is_bit_identical() -> None:
     assert cost.decode(4, 400) == pytest.approx(base.decode(4, 400) + 2e-3, abs=1e-12)
     assert cost.prefill_stage(100, 10_000) == base.prefill_stage(100, 10_000)
     assert cost.prefill_extra(10, 100) == base.prefill_extra(10, 100)
+
+
+def test_fit_contention_recovers_the_coefficients_of_simulated_rounds() -> None:
+    """'Real' rounds simulated with contention_prefill 0.3 and contention_decode 0.2 on a host
+    section: fitting the contention-free profile to their contrasts finds both on the grid;
+    rounds simulated without contention give 0."""
+    from simdist.calibrate import fit_contention, with_host
+
+    host = {"cores": 2, "frontend_cpu_ms_per_step": 1.0}
+    prof = with_host(load_profile("cpu-demo"), host)
+    truth = with_host(prof, {**host, "contention_prefill": 0.3, "contention_decode": 0.2})
+    traces = [_trace(rate, seed, 40) for rate, seed in ((3.0, 0), (6.0, 1))]
+    rounds = [(t, simulate_trace(t, ROLES, truth, MODEL)) for t in traces]
+    fit = fit_contention(prof, MODEL, rounds, ROLES)
+    assert fit["contention_prefill"] == pytest.approx(0.3, abs=0.051)
+    assert fit["contention_decode"] == pytest.approx(0.2, abs=0.051)
+    assert fit["real_log_contrast"]["prefill"] > fit["sim_log_contrast_without"]["prefill"]
+    plain = [(t, simulate_trace(t, ROLES, prof, MODEL)) for t in traces]
+    none = fit_contention(prof, MODEL, plain, ROLES)
+    assert none["contention_prefill"] == 0.0 and none["contention_decode"] == 0.0
+    with pytest.raises(ValueError, match="host section"):
+        fit_contention(load_profile("cpu-demo").__class__.from_dict(
+            {k: v for k, v in prof.to_dict().items() if k != "host"}), MODEL, rounds, ROLES)
