@@ -163,6 +163,7 @@ def host_lines(report: dict) -> list[str]:
                          f"{host['frontend_cpu_ms_per_token']:.3f} ms/token, other load "
                          f"{host['background_cores']:.2f} cores, frontend latency "
                          f"{host.get('frontend_latency_ms', 0.0):.1f} ms")
+            lines += contention_lines(host)
     for mode, rows in report["modes"].items():
         cores = [(r["rate"], r["real"].get("host_cores")) for r in rows]
         text = ", ".join(f"{rate:g}: {c['worker']:.2f}/{c['frontend']:.2f}/{c['loadgen']:.2f}/"
@@ -170,3 +171,20 @@ def host_lines(report: dict) -> list[str]:
         if text:
             lines.append(f"{mode} cores busy (workers/frontend/loadgen/other) by rate: {text}")
     return lines
+
+
+def contention_lines(host: dict) -> list[str]:
+    """The host's contention coefficients, and (when fitted) the log slowdowns they match."""
+    if "contention_prefill" not in host and "contention_decode" not in host:
+        return []
+    line = (f"  contention (per other busy worker): prefill "
+            f"{host.get('contention_prefill', 0.0):.2f}, decode "
+            f"{host.get('contention_decode', 0.0):.2f}")
+    fit = host.get("measured", {}).get("contention_fit")
+    if fit:
+        real, sim0 = fit["real_log_contrast"], fit["sim_log_contrast_without"]
+        nan = float("nan")
+        line += "; fitted: real log slowdown busy/idle " + ", ".join(
+            f"{k} {real[k]:.2f} (sim without {nan if sim0[k] is None else sim0[k]:.2f})"
+            for k in ("prefill", "decode"))
+    return [line]

@@ -185,6 +185,15 @@ def test_report_shows_the_calibration() -> None:
            "factors": {"prefill": 1.5, "decode": 1.3, "transfer": 1.2}}
     text = "\n".join(vs.host_lines({"modes": {}, "calibration": {"colocated": old}}))
     assert "1 round(s) (60 requests)" in text and "fixed decode step 0.00 ms" in text
+    host = {"cores": 2, "frontend_cpu_ms_per_step": 2.0, "frontend_cpu_ms_per_token": 0.2,
+            "background_cores": 0.0, "contention_prefill": 0.1, "contention_decode": 0.0,
+            "measured": {"contention_fit": {
+                "real_log_contrast": {"prefill": 0.29, "decode": 0.17},
+                "sim_log_contrast_without": {"prefill": 0.18, "decode": None}}}}
+    text = "\n".join(vs.host_lines({"modes": {}, "calibration": {"disaggregated": cal},
+                                    "host": {"disaggregated": host}}))
+    assert "contention (per other busy worker): prefill 0.10, decode 0.00" in text
+    assert "prefill 0.29 (sim without 0.18), decode 0.17 (sim without nan)" in text
 
 
 def test_calibrate_mode_pools_its_rounds(monkeypatch, tmp_path) -> None:
@@ -220,6 +229,8 @@ def test_calibrate_mode_pools_its_rounds(monkeypatch, tmp_path) -> None:
     assert cal["decode_fit"]["identified"], cal["decode_fit"]["note"]
     assert cal["factors"]["decode"] == pytest.approx(1.1, rel=0.1)
     assert cal["decode_step_ms"] == pytest.approx(2.0, abs=0.8)
+    fit = calib["host"]["measured"]["contention_fit"]  # fitted to the rounds (none in them)
+    assert calib["host"]["contention_prefill"] == fit["contention_prefill"] <= 0.1
     rounds = calib["host"]["measured"]["rounds"]
     assert len(rounds) == 2 and calib["host"]["frontend_cpu_ms_per_step"] == pytest.approx(
         np.mean([r["frontend_cpu_ms_per_step"] for r in rounds]))
