@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             f"prefill {m['prompt_len']:>4} tok: {m['prefill_alone_ms']:6.1f} -> "
             f"{m['prefill_contended_ms']:6.1f} ms (c {pt['contention_prefill']:.2f}) | decode "
             f"{m['decode_batch']:>2}x{m['context_len']}: {m['decode_alone_ms']:6.1f} -> "
-            f"{m['decode_contended_ms']:6.1f} ms (c {pt['contention_decode']:.2f})\n")
+            f"{m['decode_contended_ms']:6.1f} ms (c {pt['contention_decode']:.2f}) | other load "
+            f"{m['other_cores']:.2f} cores\n")
     median = {k: round(v, 3) for k, v in out.items() if k != "points"}
     sys.stdout.write(f"median: {json.dumps(median)}\n")
     return 0

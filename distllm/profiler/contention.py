@@ -10,6 +10,9 @@ while another process runs decode steps back to back, and the reverse, in altern
     contention_kind = median contended step / (median alone step * fair share) - 1
     fair share      = max(1, 2 * threads / cores)    (what simdist's cores term already gives)
 
+Other processes on the host inflate the contended steps (3 busy processes on 2 cores): the
+cores they kept busy are recorded (`other_cores`, from /proc/stat) and flagged above QUIET_CORES.
+
 `host_section` is the `host` section `distllm profile` writes: the host's cores plus these
 coefficients. It leaves out what needs a serving frontend (CPU per step / token / request of the
 API server and load generator, their TTFT latency, other load): those come from a round against
@@ -34,6 +37,7 @@ logger = logging.getLogger(__name__)
 _IDLE, _STOP = 0, -1
 _KINDS = {"prefill": 1, "decode": 2}  # background mode: which step it runs back to back
 _START_TIMEOUT_S = 600.0
+QUIET_CORES = 0.25  # other load (cores) above which a measurement is flagged
 
 
 @dataclass(frozen=True)
@@ -129,8 +133,10 @@ def measure_contention(config: EngineConfig, cfg: ContentionConfig | None = None
     try:
         if not idle.wait(_START_TIMEOUT_S):
             raise RuntimeError("the contention background worker did not start")
+        before = _cpu_now(proc.pid)
         times = {k: _alone_and_contended(timer, steps, k, cfg, proc, mode, idle)
                  for k in steps}
+        other = _other_cores(before, _cpu_now(proc.pid))
     finally:
         mode.value = _STOP
         proc.join(30.0)
@@ -140,8 +146,30 @@ def measure_contention(config: EngineConfig, cfg: ContentionConfig | None = None
     out = {f"contention_{k}": max(0.0, c / (a * fair) - 1.0) for k, (a, c) in times.items()}
     out["measured"] = {**{f"{k}_{w}_ms": v for k, (a, c) in times.items()
                           for w, v in (("alone", a), ("contended", c))},
-                       "cores": cores, "fair_share": fair, **asdict(cfg)}
+                       "cores": cores, "fair_share": fair, "other_cores": other,
+                       **asdict(cfg)}
+    if other > QUIET_CORES:
+        logger.warning("other processes kept %.2f cores busy while contention was measured: "
+                       "the coefficients include their load", other)
     return out
+
+
+def _cpu_now(child_pid: int) -> tuple[float, float, float]:
+    """(host busy CPU s, this process's + the child's CPU s, wall s)."""
+    import resource
+
+    from distllm.profiler.host import _host_busy_s, _stat
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    child = _stat(child_pid)
+    own = ru.ru_utime + ru.ru_stime + (child[2] if child is not None else 0.0)
+    return _host_busy_s(), own, time.monotonic()
+
+
+def _other_cores(before: tuple, after: tuple) -> float:
+    """Cores other processes kept busy between two _cpu_now readings (0 off Linux)."""
+    wall = max(after[2] - before[2], 1e-9)
+    return max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / wall
 
 
 def _alone_and_contended(timer: object, steps: dict, kind: str, cfg: ContentionConfig,
