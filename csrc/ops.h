@@ -33,6 +33,11 @@ void copy_blocks(const std::vector<torch::Tensor>& key_caches,
 
 void swap_blocks(const torch::Tensor& src, torch::Tensor& dst, const torch::Tensor& block_mapping);
 
+// x @ weight^T (+ bias) for 1 to 8 float32 rows of x (decode batches): weight [n, k] is read
+// once for all rows (cpu/gemm_isa.cpp). Returns [m, n].
+torch::Tensor skinny_linear(const torch::Tensor& x, const torch::Tensor& weight,
+                            const std::optional<torch::Tensor>& bias);
+
 // The ISA level the attention kernels run with: "base", "avx2" or "avx512".
 std::string cpu_isa();
 // Forces an ISA level (tests); raises if the CPU lacks it. "auto" restores detection.

@@ -29,6 +29,9 @@ TORCH_LIBRARY(distllm_C, m) {
   m.def("swap_blocks(Tensor src, Tensor! dst, Tensor block_mapping) -> ()");
   m.impl("swap_blocks", torch::kCPU, &swap_blocks);
 
+  m.def("skinny_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.impl("skinny_linear", torch::kCPU, &skinny_linear);
+
   m.def("cpu_isa() -> str", &cpu_isa);
   m.def("set_cpu_isa(str isa) -> ()", &set_cpu_isa);
 

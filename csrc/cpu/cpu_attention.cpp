@@ -1,11 +1,13 @@
-// Torch-facing CPU attention ops: argument checks, fp32 staging of queries/new K/V, and runtime
-// choice of the ISA-specific kernels (attention_isa.cpp) by CPUID.
+// Torch-facing CPU ops: attention (argument checks, fp32 staging of queries/new K/V) and the
+// skinny linear of decode batches, with the runtime choice of the ISA-specific kernels
+// (attention_isa.cpp, gemm_isa.cpp) by CPUID.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <atomic>
 
 #include "cpu/attention_kernels.h"
+#include "cpu/gemm_kernels.h"
 #include "ops.h"
 
 namespace {
@@ -201,6 +203,37 @@ void prefill_attention(torch::Tensor& out, const torch::Tensor& query, const tor
   dispatch_isa(&c::base::prefill_attention, &c::avx2::prefill_attention,
                &c::avx512::prefill_attention, &c::avx512bf16::prefill_attention, p);
   finish_out(out, out32);
+}
+
+torch::Tensor skinny_linear(const torch::Tensor& x, const torch::Tensor& weight,
+                            const std::optional<torch::Tensor>& bias) {
+  TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1),
+              "x: [m, k], weight: [n, k]");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat,
+              "skinny_linear takes float32 x and weight");
+  TORCH_CHECK(x.size(0) >= 1 && x.size(0) <= distllm::cpu::kSkinnyMaxRows,
+              "skinny_linear takes 1 to ", distllm::cpu::kSkinnyMaxRows, " rows, got ", x.size(0));
+  TORCH_CHECK(weight.is_contiguous(), "weight must be contiguous");
+  distllm::cpu::SkinnyGemmParams p{};
+  torch::Tensor x32 = x.contiguous();
+  torch::Tensor out = torch::empty({x.size(0), weight.size(0)}, x.options());
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->dim() == 1 &&
+                    bias->size(0) == weight.size(0),
+                "bias must be a contiguous float32 [n] tensor");
+    p.bias = bias->data_ptr<float>();
+  }
+  p.x = x32.data_ptr<float>();
+  p.w = weight.data_ptr<float>();
+  p.out = out.data_ptr<float>();
+  p.m = x.size(0);
+  p.n = weight.size(0);
+  p.k = x.size(1);
+  p.num_threads = std::max(1, at::get_num_threads());
+  namespace c = distllm::cpu;
+  dispatch_isa(&c::base::skinny_gemm, &c::avx2::skinny_gemm, &c::avx512::skinny_gemm,
+               &c::avx512bf16::skinny_gemm, p);
+  return out;
 }
 
 std::string cpu_isa() {

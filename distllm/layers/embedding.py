@@ -8,6 +8,7 @@ from torch import nn
 
 from distllm.distributed.collectives import tp_all_gather, tp_all_reduce
 from distllm.distributed.parallel_info import ParallelInfo
+from distllm.ops.linear import linear
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -67,7 +68,7 @@ class ParallelLMHead(VocabParallelEmbedding):
         self.weight = embedding.weight
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:  # [n, dim] -> [n, vocab], fp32
-        logits = F.linear(hidden, self.weight, self.bias)
+        logits = linear(hidden, self.weight, self.bias)
         if self.parallel.tp_size > 1:
             logits = tp_all_gather(logits, dim=-1)
         return logits[:, : self.num_embeddings].float()

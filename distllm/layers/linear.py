@@ -3,11 +3,11 @@ checkpoint tensor and copies this rank's shard (column = split outputs, row = sp
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from distllm.distributed.collectives import tp_all_gather, tp_all_reduce
 from distllm.distributed.parallel_info import ParallelInfo, divide
+from distllm.ops.linear import linear
 
 
 def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor) -> None:
@@ -39,7 +39,7 @@ class LinearBase(nn.Module):
         default_weight_loader(param, loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, in] -> [n, out]
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias)
 
 
 class ReplicatedLinear(LinearBase):
@@ -63,7 +63,7 @@ class ColumnParallelLinear(LinearBase):
         default_weight_loader(param, loaded.narrow(0, self.parallel.tp_rank * size, size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight, self.bias)
+        y = linear(x, self.weight, self.bias)
         if self.gather_output and self.parallel.tp_size > 1:
             y = tp_all_gather(y, dim=-1)
         return y
@@ -154,7 +154,7 @@ class RowParallelLinear(LinearBase):
         default_weight_loader(param, loaded.narrow(1, self.parallel.tp_rank * size, size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [n, in / tp] -> [n, out]
-        y = F.linear(x, self.weight)
+        y = linear(x, self.weight)
         if self.parallel.tp_size > 1:
             y = tp_all_reduce(y)
         return y if self.bias is None else y + self.bias
