@@ -8,10 +8,14 @@ while another process runs decode steps back to back, and the reverse, in altern
 (drift of a shared host cancels), and returns simdist's coefficients (simdist.host):
 
     contention_kind = median contended step / (median alone step * fair share) - 1
-    fair share      = max(1, 2 * threads / cores)    (what simdist's cores term already gives)
+    fair share      = max(1, (2 t + other) / cores) / max(1, (t + other) / cores)
+                      (t threads per worker; other: cores other processes kept busy)
 
-Other processes on the host inflate the contended steps (3 busy processes on 2 cores): the
-cores they kept busy are recorded (`other_cores`, from /proc/stat) and flagged above QUIET_CORES.
+The fair share is what simdist's cores term already gives (simdist.host, other load as its
+background_cores). Other processes inflate the contended steps more than the alone ones (3 busy
+processes on 2 cores): the cores they kept busy are measured (`other_cores`, /proc/stat minus
+both workers' CPU), taken out by the fair share, and a run above QUIET_CORES is flagged (the
+scheduler shares 3 processes on 2 cores less evenly than the fair share says).
 
 `host_section` is the `host` section `distllm profile` writes: the host's cores plus these
 coefficients. It leaves out what needs a serving frontend (CPU per step / token / request of the
@@ -142,7 +146,7 @@ def measure_contention(config: EngineConfig, cfg: ContentionConfig | None = None
         proc.join(30.0)
         if proc.is_alive():
             proc.kill()
-    fair = max(1.0, 2 * cfg.threads / cores)
+    fair = fair_share(cfg.threads, other, cores)
     out = {f"contention_{k}": max(0.0, c / (a * fair) - 1.0) for k, (a, c) in times.items()}
     out["measured"] = {**{f"{k}_{w}_ms": v for k, (a, c) in times.items()
                           for w, v in (("alone", a), ("contended", c))},
@@ -152,6 +156,12 @@ def measure_contention(config: EngineConfig, cfg: ContentionConfig | None = None
         logger.warning("other processes kept %.2f cores busy while contention was measured: "
                        "the coefficients include their load", other)
     return out
+
+
+def fair_share(threads: int, other: float, cores: int) -> float:
+    """How much longer the fair share of the cores alone makes a contended step than an
+    alone one (simdist.host's max(1, demand / cores) at both demands)."""
+    return max(1.0, (2 * threads + other) / cores) / max(1.0, (threads + other) / cores)
 
 
 def _cpu_now(child_pid: int) -> tuple[float, float, float]:

@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from distllm.profiler.contention import ContentionConfig, host_section, measure_contention
+from distllm.profiler.contention import (
+    ContentionConfig,
+    fair_share,
+    host_section,
+    measure_contention,
+)
 from simdist.host import HostSpec
 
 
@@ -54,8 +59,15 @@ def test_two_tiny_workers_give_non_negative_coefficients(tiny_model: Path) -> No
     for key in ("prefill_alone_ms", "prefill_contended_ms", "decode_alone_ms",
                 "decode_contended_ms"):
         assert m[key] > 0
-    assert m["fair_share"] == 1.0 and m["decode_batch"] == 8 and m["other_cores"] >= 0
-    expected = m["decode_contended_ms"] / m["decode_alone_ms"] - 1
+    assert m["other_cores"] >= 0 and m["decode_batch"] == 8
+    assert m["fair_share"] == fair_share(1, m["other_cores"], 2)
+    expected = m["decode_contended_ms"] / (m["decode_alone_ms"] * m["fair_share"]) - 1
     assert out["contention_decode"] == pytest.approx(max(0.0, expected))
     spec = HostSpec.from_dict(host_section(out, cores=2))
     assert spec.contention_decode == out["contention_decode"]
+
+
+def test_fair_share_takes_out_the_cores_and_the_other_load() -> None:
+    assert fair_share(1, 0.0, 2) == 1.0  # two workers, two cores: nothing to share
+    assert fair_share(1, 1.0, 2) == pytest.approx(1.5)  # 3 busy on 2 cores vs 2 on 2
+    assert fair_share(1, 0.0, 1) == 2.0 and fair_share(2, 0.0, 4) == 1.0
