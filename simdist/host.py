@@ -23,12 +23,13 @@ every step and streams its tokens): measured on this host its CPU per step is ne
 3 and 9 req/s while its CPU per token halves.
 
 The contention term is what the fair share misses: two busy workers on two cores never exceed
-the cores, yet in a served round on the 2-core demo host a prefill runs ~25 % longer while the
-decode instance steps than while it is idle, and a decode step ~20 % longer while a prefill runs
-(the engine driver, Ray and token streaming run beside them). Two bare workers alone slow each
-other by 0-3 % (evaluation/bench_contention.py): the memory bandwidth of the 115 MB fp32 model
-is not the cause. Coefficients come from `distllm profile` (that two-worker measurement,
-distllm.profiler.contention) or are fitted to served rounds (simdist.calibrate.fit_contention).
+the cores, yet in served rounds on the 2-core demo host a prefill runs ~25-30 % longer while the
+decode instance steps than while it is idle, and a decode step ~20 % longer while a prefill runs;
+the fair share with the frontend's load gives ~80 % of that. Two bare workers on a quiet host
+(evaluation/bench_contention.py) slow a prefill by 0-56 % and a decode step by 0-33 %, varying
+from run to run. Coefficients come from `distllm profile` (that two-worker measurement,
+distllm.profiler.contention) or are fitted to served rounds (simdist.calibrate.fit_contention:
+0.10 prefill, 0.00 decode on top of the fair share, disaggregated, validate_s4).
 Absent coefficients are 0: the same simulation, bit for bit, as before they existed.
 
 Absent section: no HostModel is built and every step is exactly the profiled one.
