@@ -63,7 +63,7 @@ class DecodeBenchConfig:
         return self.num_seqs * self.context_len * per_token
 
 
-def _time_rounds(fns: list[Callable[[], object]], iters: int) -> list[tuple[float, float]]:
+def time_rounds(fns: list[Callable[[], object]], iters: int) -> list[tuple[float, float]]:
     """(best, median) wall seconds of each fn; one warm-up, then iters rounds running each fn once.
 
     NOTE: interleaving the functions exposes them to the same background load (shared machines).
@@ -96,7 +96,7 @@ def _copy_figures(num_bytes: int, best: float, median: float) -> dict:
 
 def measure_copy_bandwidth(copy_mb: int = 512, iters: int = 5) -> dict:
     """Bandwidth of `dst.copy_(src)` on a tensor of copy_mb MiB (read + write and one-way)."""
-    ((best, median),) = _time_rounds([_copy_fn(copy_mb)], iters)
+    ((best, median),) = time_rounds([_copy_fn(copy_mb)], iters)
     return _copy_figures(copy_mb * 2**20, best, median)
 
 
@@ -123,7 +123,7 @@ def _time_decode_and_copy(cfg: DecodeBenchConfig, inputs: tuple) -> tuple[dict, 
 
     out = torch.empty_like(inputs[0])
     decode = lambda: ops.paged_decode_attention(*inputs, out=out)  # noqa: E731
-    (best, median), copy = _time_rounds([decode, _copy_fn(cfg.copy_mb)], cfg.iters)
+    (best, median), copy = time_rounds([decode, _copy_fn(cfg.copy_mb)], cfg.iters)
     result = {
         "decode_ms": best * 1e3,
         "decode_median_ms": median * 1e3,

@@ -11,31 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evaluation.bench_cpu_kernels import time_rounds  # noqa: E402
 from evaluation.bench_disagg_cpu import MODEL_SHAPE  # noqa: E402
 
 ROWS = (1, 2, 3, 4, 6, 8)
 BATCHES = (1, 2, 4, 8)
-
-
-def median_ms(fn: Callable[[], object], iters: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
 
 
 def linear_shapes() -> dict[str, tuple[int, int]]:
@@ -55,11 +42,12 @@ def bench_ops(iters: int) -> list[dict]:
         w = torch.randn(n, k, generator=gen)
         for m in ROWS:
             x = torch.randn(m, k, generator=gen)
-            base, ours = (median_ms(lambda f=f, x=x, w=w: f(x, w, None), iters)
-                          for f in (F.linear, torch.ops.distllm_C.skinny_linear))
-            rows.append({"linear": name, "out": n, "in": k, "rows": m, "f_linear_ms": base,
-                         "skinny_ms": ours, "speedup": base / ours,
-                         "skinny_gb_s": n * k * 4 / ours / 1e6})
+            (_, base), (_, ours) = time_rounds(  # NOTE: interleaved, medians in seconds
+                [lambda f=f, x=x, w=w: f(x, w, None)
+                 for f in (F.linear, torch.ops.distllm_C.skinny_linear)], iters)
+            rows.append({"linear": name, "out": n, "in": k, "rows": m,
+                         "f_linear_ms": base * 1e3, "skinny_ms": ours * 1e3,
+                         "speedup": base / ours, "skinny_gb_s": n * k * 4 / ours / 1e9})
     return rows
 
 
@@ -76,16 +64,19 @@ def bench_steps(iters: int) -> list[dict]:
                                       max_num_seqs=64, max_num_batched_tokens=2048,
                                       max_model_len=2048)
     timer, grid, rows = InProcessTimer(config, 1), ProfileGridConfig(), []
+
+    def step_with(enabled: bool, step: object) -> None:
+        linear_mod.ENABLED = enabled
+        timer.time_step(step)
+
     try:
         for batch in BATCHES:
             step = decode_step(batch, 512, grid, 500)
-            times: dict[bool, list[float]] = {False: [], True: []}
-            for enabled in (False, True, False, True):  # NOTE: alternated against drift
-                linear_mod.ENABLED = enabled
-                times[enabled].append(median_ms(lambda s=step: timer.time_step(s), iters))
-            base, ours = min(times[False]), min(times[True])
-            rows.append({"batch": batch, "context": 512, "f_linear_step_ms": base,
-                         "skinny_step_ms": ours, "speedup": base / ours})
+            # NOTE: time_rounds interleaves the two, so drift hits both alike
+            (_, base), (_, ours) = time_rounds(
+                [lambda e=e, s=step: step_with(e, s) for e in (False, True)], iters)
+            rows.append({"batch": batch, "context": 512, "f_linear_step_ms": base * 1e3,
+                         "skinny_step_ms": ours * 1e3, "speedup": base / ours})
     finally:
         linear_mod.ENABLED = True
     return rows
@@ -133,7 +124,8 @@ def plot(report: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    p.add_argument("--iters", type=int, default=30, help="timed calls per figure (median)")
+    p.add_argument("--iters", type=int, default=30,
+                   help="interleaved rounds per comparison (figures are medians)")
     p.add_argument("-o", "--output-dir", default="evaluation/results")
     args = p.parse_args(argv)
     if args.threads < 1 or args.iters < 1:
