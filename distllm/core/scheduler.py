@@ -100,7 +100,6 @@ class Scheduler(ABC):
         self.swapped: deque[Request] = deque()  # swap-out order, oldest first
         self._finished_ids: list[str] = []  # finished since the last schedule(), for the worker
         self._inflight_ids: dict[str, int] = {}  # id -> steps in flight it is part of (>= 1)
-        self._inflight_decode_ids: set[str] = set()  # in flight in decode steps only
         self._free_on_return: dict[str, Request] = {}  # id -> finished while in flight
         self.num_inflight_swap_outs = 0  # steps in flight that swap blocks out
 
@@ -142,7 +141,6 @@ class Scheduler(ABC):
             if left > 0:  # NOTE: its step ahead is still out
                 self._inflight_ids[request_id] = left
                 continue
-            self._inflight_decode_ids.discard(request_id)
             finished = self._free_on_return.pop(request_id, None)
             if finished is not None:
                 self.block_manager.free(finished)
@@ -153,10 +151,11 @@ class Scheduler(ABC):
 
     def can_look_ahead(self, request: Request) -> bool:
         """Whether `request` may decode one step ahead now: lookahead is on, it is in flight in
-        exactly one step, a decode, and the token that step samples cannot end it by length."""
-        request_id = request.request_id
-        if not (self.lookahead and self._inflight_ids.get(request_id) == 1
-                and request_id in self._inflight_decode_ids):
+        exactly one step, a decode, and the token that step samples cannot end it by length.
+        NOTE: is_prefilling stays set until a prefill's sampled token is applied, so a request
+        in flight without it is in a decode step."""
+        if not (self.lookahead and self._inflight_ids.get(request.request_id) == 1
+                and not request.is_prefilling):
             return False
         return (request.num_output_tokens + 1 < request.sampling_params.max_tokens
                 and request.num_tokens + 1 < self.max_model_len)
@@ -231,7 +230,6 @@ class Scheduler(ABC):
             count = self._inflight_ids.get(scheduled.request_id, 0)
             assert count == int(ahead), (scheduled.request_id, count)
             self._inflight_ids[scheduled.request_id] = count + 1
-            self._inflight_decode_ids.add(scheduled.request_id)
         return out
 
     def _max_decodes(self) -> int:
