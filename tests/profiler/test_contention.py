@@ -16,16 +16,6 @@ from distllm.profiler.contention import (
 from simdist.host import HostSpec
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from distllm.testing import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("cont"), arch="llama3", seed=0,
-                           hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2,
-                           max_position_embeddings=512)
-
-
 def test_config_validates_and_fits_the_cache() -> None:
     with pytest.raises(ValueError, match="repeats"):
         ContentionConfig(repeats=0)

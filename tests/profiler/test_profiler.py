@@ -87,16 +87,6 @@ def test_profile_dict_loads_in_simdist_and_predicts_the_fit() -> None:
     assert prof.bandwidth_gb_s("nvlink") == 2.0 and prof.overhead["transfer_ms"] == 1.5
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from distllm.testing import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("prof"), arch="llama3", seed=0,
-                           hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2,
-                           max_position_embeddings=512)
-
-
 def test_real_tiny_model_fit_reproduces_its_measurements(tiny_model: Path) -> None:
     """Profile a real engine step on CPU; every measurement lies within the fit's reported
     residual of the fitted model, and the residuals are those of the fitted model."""
