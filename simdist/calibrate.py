@@ -232,7 +232,6 @@ def calibrate(profile: LatencyProfile, model_name: str, samples: Sequence[tuple]
     return d
 
 
-
 CONTENTION_GRID = tuple(round(0.05 * i, 2) for i in range(21))  # coefficients tried, 0 .. 1
 
 

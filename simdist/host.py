@@ -37,7 +37,7 @@ Absent section: no HostModel is built and every step is exactly the profiled one
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 @dataclass(frozen=True)
@@ -72,10 +72,7 @@ class HostSpec:
         """The profile's `host` section (extra keys such as `measured` are ignored)."""
         if not d:
             return None
-        keys = ("cores", "frontend_cpu_ms_per_step", "frontend_cpu_ms_per_token",
-                "frontend_cpu_ms_per_request", "background_cores", "frontend_latency_ms",
-                "window_ms", "contention_prefill", "contention_decode")
-        return cls(**{k: float(d[k]) for k in keys if k in d})
+        return cls(**{f.name: float(d[f.name]) for f in fields(cls) if f.name in d})
 
 
 class HostModel:
