@@ -118,12 +118,12 @@ def to_profile(run: ProfileRun, model_name: str, kv_bytes_per_token: int, tp: in
     model = {"kv_bytes_per_token": kv_bytes_per_token, "tp": {str(tp): run.fit.entry},
              "kv_capacity_tokens": {f"{tp}x{pp}": run.kv_capacity_tokens}}
     out = {"format": PROFILE_FORMAT, "hardware": hardware, "engine": engine,
-            "source": source or f"distllm profile on {platform.node() or 'this host'}",
-            "overhead": overhead,
-            "interconnect": interconnect, "models": {model_name: model},
-            "fit": {"prefill": run.fit.prefill.to_json(), "decode": run.fit.decode.to_json(),
-                    "transfer": run.transfer,
-                    "samples": {"prefill": run.prefill, "decode": run.decode}}}
+           "source": source or f"distllm profile on {platform.node() or 'this host'}",
+           "overhead": overhead,
+           "interconnect": interconnect, "models": {model_name: model},
+           "fit": {"prefill": run.fit.prefill.to_json(), "decode": run.fit.decode.to_json(),
+                   "transfer": run.transfer,
+                   "samples": {"prefill": run.prefill, "decode": run.decode}}}
     if run.host:
         out["host"] = run.host
     return out
