@@ -69,14 +69,19 @@ def plan_migration(num_layers: int, num_kv_heads: int, src_tp: int, src_pp: int,
 
 
 def gather_slab(caches: KVCaches, block_ids: list[int], layers: tuple[int, int],
-                heads: tuple[int, int]) -> torch.Tensor:
+                heads: tuple[int, int], out: torch.Tensor | None = None) -> torch.Tensor:
     """[2, num_layers, num_blocks, num_heads, block_size, head_dim] copy of the given local layer
-    and local head ranges of `block_ids`."""
-    index = torch.tensor(block_ids, dtype=torch.int64, device=caches[0][0].device)
-    per_layer = [torch.stack([k.index_select(0, index)[:, heads[0]:heads[1]],
-                              v.index_select(0, index)[:, heads[0]:heads[1]]])
-                 for k, v in caches[layers[0]:layers[1]]]
-    return torch.stack(per_layer, dim=1).contiguous()
+    and local head ranges of `block_ids`, written into `out` (contiguous, that shape) when given:
+    one copy per layer and side, no temporaries."""
+    k0 = caches[0][0]
+    index = torch.tensor(block_ids, dtype=torch.int64, device=k0.device)
+    if out is None:
+        out = torch.empty(slab_shape(layers[1] - layers[0], len(block_ids), heads[1] - heads[0],
+                                     k0.shape[-2], k0.shape[-1]), dtype=k0.dtype, device=k0.device)
+    for i, (k, v) in enumerate(caches[layers[0]:layers[1]]):
+        torch.index_select(k[:, heads[0]:heads[1]], 0, index, out=out[0, i])
+        torch.index_select(v[:, heads[0]:heads[1]], 0, index, out=out[1, i])
+    return out
 
 
 def scatter_slab(caches: KVCaches, block_ids: list[int], layers: tuple[int, int],
@@ -85,8 +90,16 @@ def scatter_slab(caches: KVCaches, block_ids: list[int], layers: tuple[int, int]
     given local layer and head ranges of `block_ids`."""
     index = torch.tensor(block_ids, dtype=torch.int64, device=caches[0][0].device)
     for i, (k, v) in enumerate(caches[layers[0]:layers[1]]):
-        k[index, heads[0]:heads[1]] = slab[0, i].to(k.device)
-        v[index, heads[0]:heads[1]] = slab[1, i].to(v.device)
+        k[:, heads[0]:heads[1]].index_copy_(0, index, slab[0, i].to(k.device))
+        v[:, heads[0]:heads[1]].index_copy_(0, index, slab[1, i].to(v.device))
+
+
+def blocks_slab_shape(caches: KVCaches, num_blocks: int, layers: tuple[int, int],
+                      heads: tuple[int, int]) -> tuple[int, ...]:
+    """The shape of the slab `gather_slab` makes of `num_blocks` blocks of these ranges."""
+    k0 = caches[0][0]
+    return slab_shape(layers[1] - layers[0], num_blocks, heads[1] - heads[0], k0.shape[-2],
+                      k0.shape[-1])
 
 
 def slab_shape(num_layers: int, num_blocks: int, num_heads: int, block_size: int,
@@ -104,6 +117,21 @@ class KVTransport(ABC):
     @abstractmethod
     def recv(self, shape: tuple[int, ...], dtype: torch.dtype, src_rank: int) -> torch.Tensor:
         """The slab the peer sent, on this worker's device."""
+
+    def send_blocks(self, caches: KVCaches, block_ids: list[int], layers: tuple[int, int],
+                    heads: tuple[int, int], dst_rank: int) -> None:
+        """Send the slab of `block_ids` (local layer and head ranges) as `send` would; a
+        transport that can gather straight into its wire buffer overrides this."""
+        self.send(gather_slab(caches, block_ids, layers, heads), dst_rank)
+
+    def recv_blocks(self, caches: KVCaches, block_ids: list[int], layers: tuple[int, int],
+                    heads: tuple[int, int], src_rank: int) -> int:
+        """Receive the peer's `send_blocks` into `block_ids` of these ranges; returns the bytes.
+        A transport that can scatter straight from its wire buffer overrides this."""
+        shape = blocks_slab_shape(caches, len(block_ids), layers, heads)
+        slab = self.recv(shape, caches[0][0].dtype, src_rank)
+        scatter_slab(caches, block_ids, layers, heads, slab)
+        return slab.numel() * slab.element_size()
 
 
 class GlooTransport(KVTransport):
@@ -175,6 +203,16 @@ class RoutedTransport(KVTransport):
 
     def recv(self, shape: tuple[int, ...], dtype: torch.dtype, src_rank: int) -> torch.Tensor:
         return self.routes.get(src_rank, self.default).recv(shape, dtype, src_rank)
+
+    def send_blocks(self, caches: KVCaches, block_ids: list[int], layers: tuple[int, int],
+                    heads: tuple[int, int], dst_rank: int) -> None:
+        self.routes.get(dst_rank, self.default).send_blocks(caches, block_ids, layers, heads,
+                                                            dst_rank)
+
+    def recv_blocks(self, caches: KVCaches, block_ids: list[int], layers: tuple[int, int],
+                    heads: tuple[int, int], src_rank: int) -> int:
+        return self.routes.get(src_rank, self.default).recv_blocks(caches, block_ids, layers,
+                                                                   heads, src_rank)
 
 
 class CudaIpcTransport:

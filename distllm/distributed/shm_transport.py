@@ -1,9 +1,11 @@
 """Same-node CPU KV transport: the prefill worker copies a slab into a shared-memory segment under
 /dev/shm that it keeps per decode peer, and sends only a small header of ints over the gloo world
 group; the decode worker maps the segment (once), copies the slab out and acks, and only then may
-the sender reuse the segment. Peers on other nodes go through the fallback transport (gloo), and
-so does a slab no segment can be had for (/dev/shm full, or over `max_segment_bytes`): its header
-says so (seq -1) and its bytes follow over the fallback before the ack.
+the sender reuse the segment. A migration (`send_blocks`/`recv_blocks`) gathers the cache blocks
+straight into the segment and scatters them straight out of it: one copy on each side. Peers on
+other nodes go through the fallback transport (gloo), and so does a slab no segment can be had
+for (/dev/shm full, or over `max_segment_bytes`): its header says so (seq -1) and its bytes
+follow over the fallback before the ack.
 
     sender                                   receiver
     segment fits? else create a bigger one
@@ -22,16 +24,24 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import mmap
 import os
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from distllm.distributed.kv_transport import KVTransport
+from distllm.distributed.kv_transport import (
+    KVCaches,
+    KVTransport,
+    blocks_slab_shape,
+    gather_slab,
+    scatter_slab,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +147,11 @@ def _as_bytes(t: torch.Tensor) -> torch.Tensor:
     return flat.view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8)
 
 
+def _typed(buffer: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    """The first bytes of a uint8 `buffer` as a contiguous `shape` `dtype` tensor (a view)."""
+    return buffer[:math.prod(shape) * dtype.itemsize].view(dtype).view(shape)
+
+
 def _header(nbytes: int, seq: int, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
     if len(shape) > MAX_NDIM or dtype not in _DTYPES:
         raise ValueError(f"shm KV transport: slab {tuple(shape)} {dtype} not supported "
@@ -173,29 +188,67 @@ class ShmSlabTransport(KVTransport):
         if dst_rank not in self.local_peers:
             self.fallback.send(slab, dst_rank)
             return
+        slab = slab.detach().cpu().contiguous()
+        self._send(slab.dtype, tuple(slab.shape), lambda out: out.copy_(slab), dst_rank)
+
+    def recv(self, shape: tuple[int, ...], dtype: torch.dtype, src_rank: int) -> torch.Tensor:
+        if src_rank not in self.local_peers:
+            return self.fallback.recv(shape, dtype, src_rank)
+        out = torch.empty(shape, dtype=dtype)
+        self._recv(tuple(shape), dtype, src_rank, out.copy_)
+        return out
+
+    def send_blocks(self, caches: KVCaches, block_ids: list[int], layers: tuple[int, int],
+                    heads: tuple[int, int], dst_rank: int) -> None:
+        """Gathers the blocks straight into the staging segment (one copy)."""
+        if dst_rank not in self.local_peers or caches[0][0].device.type != "cpu":
+            self.fallback.send_blocks(caches, block_ids, layers, heads, dst_rank)
+            return
+        shape = blocks_slab_shape(caches, len(block_ids), layers, heads)
+        self._send(caches[0][0].dtype, shape,
+                   lambda out: gather_slab(caches, block_ids, layers, heads, out=out), dst_rank)
+
+    def recv_blocks(self, caches: KVCaches, block_ids: list[int], layers: tuple[int, int],
+                    heads: tuple[int, int], src_rank: int) -> int:
+        """Scatters the blocks straight from the peer's segment (one copy)."""
+        if src_rank not in self.local_peers or caches[0][0].device.type != "cpu":
+            return self.fallback.recv_blocks(caches, block_ids, layers, heads, src_rank)
+        shape = blocks_slab_shape(caches, len(block_ids), layers, heads)
+        dtype = caches[0][0].dtype
+        self._recv(shape, dtype, src_rank,
+                   lambda slab: scatter_slab(caches, block_ids, layers, heads, slab))
+        return math.prod(shape) * dtype.itemsize
+
+    def _send(self, dtype: torch.dtype, shape: tuple[int, ...],
+              fill: Callable[[torch.Tensor], Any], dst_rank: int) -> None:
+        """`fill(slab)` writes the slab into the staging segment (or, when no segment can be
+        had, into a buffer that goes over the fallback); waits for the peer's ack."""
         import torch.distributed as dist
 
-        data = _as_bytes(slab.detach().cpu().contiguous())  # [nbytes], uint8
-        header = _header(data.numel(), _VIA_FALLBACK, slab.dtype, tuple(slab.shape))
+        nbytes = math.prod(shape) * dtype.itemsize
+        header = _header(nbytes, _VIA_FALLBACK, dtype, shape)
         with self._send_lock:
-            segment = self._staging_for(dst_rank, data.numel())
+            segment = self._staging_for(dst_rank, nbytes)
             if segment is not None:
-                segment.view[:data.numel()].copy_(data)
+                fill(_typed(segment.view, dtype, shape))
                 header[2] = segment.seq
             dist.send(header, dst_rank, self.group)
             if segment is None:
-                self.fallback.send(data, dst_rank)
+                data = torch.empty(shape, dtype=dtype)
+                fill(data)
+                self.fallback.send(_as_bytes(data), dst_rank)
             ack = torch.zeros(1, dtype=torch.int64)
             dist.recv(ack, dst_rank, self.group)
             if segment is not None:
                 segment.unlink()  # NOTE: the peer has it mapped now (or refused it): no leak
         if ack.item() != 1:
             raise RuntimeError(f"shm KV transport: rank {dst_rank} rejected a slab of shape "
-                               f"{tuple(slab.shape)} {slab.dtype} (it expected another)")
+                               f"{tuple(shape)} {dtype} (it expected another)")
 
-    def recv(self, shape: tuple[int, ...], dtype: torch.dtype, src_rank: int) -> torch.Tensor:
-        if src_rank not in self.local_peers:
-            return self.fallback.recv(shape, dtype, src_rank)
+    def _recv(self, shape: tuple[int, ...], dtype: torch.dtype, src_rank: int,
+              consume: Callable[[torch.Tensor], Any]) -> None:
+        """`consume(slab)` reads the slab the peer sent (a view of its segment, valid only
+        during the call); then the peer gets its ack."""
         import torch.distributed as dist
 
         header = torch.zeros(_HEADER_LEN, dtype=torch.int64)
@@ -205,15 +258,14 @@ class ShmSlabTransport(KVTransport):
             with self._recv_lock:
                 if fields[2] == _VIA_FALLBACK:  # NOTE: received before any check: framing
                     data = self.fallback.recv((max(0, fields[0]),), torch.uint8, src_rank)
-                    slab = self._check(fields, tuple(shape), dtype, src_rank)
-                    _as_bytes(slab).copy_(data)
+                    self._check(fields, shape, dtype, src_rank)
+                    consume(_typed(data, dtype, shape))
                 else:
-                    slab = self._copy_out(fields, tuple(shape), dtype, src_rank)
+                    consume(self._segment_slab(fields, shape, dtype, src_rank))
         except Exception:
             dist.send(torch.zeros(1, dtype=torch.int64), src_rank, self.group)
             raise
         dist.send(torch.ones(1, dtype=torch.int64), src_rank, self.group)
-        return slab
 
     def close(self) -> None:
         """Unmap every segment and unlink the files still there (idempotent)."""
@@ -251,21 +303,21 @@ class ShmSlabTransport(KVTransport):
 
     @staticmethod
     def _check(header: list[int], shape: tuple[int, ...], dtype: torch.dtype,
-               src_rank: int) -> torch.Tensor:
-        """An empty slab of `shape`; RuntimeError when the header describes another one."""
+               src_rank: int) -> None:
+        """RuntimeError when the header describes another slab than `shape` `dtype`."""
         nbytes, code, ndim = header[0], header[3], header[4]
         sent_shape = tuple(header[5:5 + ndim]) if 0 <= ndim <= MAX_NDIM else None
         sent_dtype = _DTYPES[code] if 0 <= code < len(_DTYPES) else None
-        out = torch.empty(shape, dtype=dtype)  # the caller's slab shape
-        if sent_shape != tuple(shape) or sent_dtype != dtype or nbytes != out.nbytes:
+        expected = math.prod(shape) * dtype.itemsize
+        if sent_shape != tuple(shape) or sent_dtype != dtype or nbytes != expected:
             raise RuntimeError(f"shm KV transport: rank {src_rank} sent a slab of shape "
                                f"{sent_shape} {sent_dtype} ({nbytes} bytes), expected "
-                               f"{tuple(shape)} {dtype} ({out.nbytes} bytes)")
-        return out
+                               f"{tuple(shape)} {dtype} ({expected} bytes)")
 
-    def _copy_out(self, header: list[int], shape: tuple[int, ...], dtype: torch.dtype,
-                  src_rank: int) -> torch.Tensor:
-        out = self._check(header, shape, dtype, src_rank)
+    def _segment_slab(self, header: list[int], shape: tuple[int, ...], dtype: torch.dtype,
+                      src_rank: int) -> torch.Tensor:
+        """The slab in the peer's segment (mapped once per segment), as a `shape` view."""
+        self._check(header, shape, dtype, src_rank)
         nbytes, pid, seq = header[:3]
         segment = self._mapped.get(src_rank)
         if segment is None or segment.path != segment_path(pid, seq):
@@ -277,5 +329,4 @@ class ShmSlabTransport(KVTransport):
         if segment.view.numel() < nbytes:
             raise RuntimeError(f"shm KV transport: segment {segment.path} from rank {src_rank} "
                                f"holds {segment.view.numel()} bytes, the slab {nbytes}")
-        _as_bytes(out).copy_(segment.view[:nbytes])
-        return out
+        return _typed(segment.view, dtype, shape)

@@ -116,8 +116,7 @@ class RayWorker:
         """Send this worker's slabs of `block_ids`; `dst_ranks[i]` is the global rank of
         `transfers[i].dst`. Returns 0 (the receivers count the bytes)."""
         for t, dst_rank in zip(transfers, dst_ranks, strict=True):
-            slab = kv_transport.gather_slab(self._caches(), block_ids, *self._local(t))
-            self.transport.send(slab, dst_rank)
+            self.transport.send_blocks(self._caches(), block_ids, *self._local(t), dst_rank)
         return 0
 
     def recv_kv(self, block_ids: list[int], transfers: list[SlabTransfer], src_ranks: list[int],
@@ -126,17 +125,8 @@ class RayWorker:
         random stream from `generator_state`); returns the bytes received."""
         if generator_state is not None:
             self.worker.runner.set_generator_state(request_id, generator_state)
-        caches = self._caches()
-        head_dim, block_size = caches[0][0].shape[-1], caches[0][0].shape[-2]
-        nbytes = 0
-        for t, src_rank in zip(transfers, src_ranks, strict=True):
-            layers, heads = self._local(t)
-            shape = kv_transport.slab_shape(layers[1] - layers[0], len(block_ids),
-                                            heads[1] - heads[0], block_size, head_dim)
-            slab = self.transport.recv(shape, caches[0][0].dtype, src_rank)
-            kv_transport.scatter_slab(caches, block_ids, layers, heads, slab)
-            nbytes += slab.numel() * slab.element_size()
-        return nbytes
+        return sum(self.transport.recv_blocks(self._caches(), block_ids, *self._local(t), src_rank)
+                   for t, src_rank in zip(transfers, src_ranks, strict=True))
 
     def _caches(self) -> kv_transport.KVCaches:
         return self.worker.cache_engine.device_caches

@@ -1,6 +1,7 @@
 """A small world of spawned processes that migrate KV slabs with `process_groups.build_transport`
-(the code the Ray workers run): prefill TP ranks first, then decode TP ranks. On CPU the NCCL
-transport's code runs over gloo pair groups; on GPUs over real NCCL / CUDA IPC."""
+and `send_blocks`/`recv_blocks` (the code the Ray workers run): prefill TP ranks first, then
+decode TP ranks. On CPU the NCCL transport's code runs over gloo pair groups; on GPUs over real
+NCCL / CUDA IPC."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -75,13 +76,12 @@ def _migrate(world: KVWorld, rank: int, transport: kvt.KVTransport) -> dict:
         local = (t.heads[0] - heads[0], t.heads[1] - heads[0])
         if rank < world.prefill_tp and t.src == index:
             peer = world.prefill_tp + t.dst
-            transport.send(kvt.gather_slab(caches, SRC_BLOCKS, t.layers, local), peer)
+            transport.send_blocks(caches, SRC_BLOCKS, t.layers, local, peer)
         elif rank >= world.prefill_tp and t.dst == index:
             peer = t.src
-            shape = kvt.slab_shape(t.layers[1] - t.layers[0], len(SRC_BLOCKS),
-                                   local[1] - local[0], world.block_size, world.head_dim)
-            slab = transport.recv(shape, torch.float32, peer)  # [2, layers, blocks, heads, ...]
-            kvt.scatter_slab(caches, DST_BLOCKS, t.layers, local, slab)
+            nbytes = transport.recv_blocks(caches, DST_BLOCKS, t.layers, local, peer)
+            assert nbytes == 2 * (t.layers[1] - t.layers[0]) * len(DST_BLOCKS) * (
+                local[1] - local[0]) * world.block_size * world.head_dim * 4
         else:
             continue
         routes[peer] = route_name(transport, peer)

@@ -1,7 +1,8 @@
 """The shared-memory KV transport between two spawned gloo ranks: slabs of several shapes and
 dtypes both ways arrive exactly (one outgrows the first segment; with a capped segment it goes
 over the fallback), a shape or dtype mismatch raises on both sides, no segment file is left
-under /dev/shm; and `build_transport` wires it from a plan."""
+under /dev/shm; a migration straight between caches arrives exactly through a segment and
+through the fallback; and `build_transport` wires it from a plan."""
 from __future__ import annotations
 
 import os
@@ -58,6 +59,27 @@ def _mismatch(transport: shm.ShmSlabTransport, rank: int) -> str:
     return " | ".join(errors) if len(errors) == 2 else f"only {len(errors)} errors: {errors}"
 
 
+def _blocks(transport: shm.ShmSlabTransport, rank: int) -> bool:
+    """Rank 0 migrates KV heads [1, 3) of layers [1, 3) of three blocks to other blocks of
+    rank 1 (`send_blocks`/`recv_blocks`: straight from and into the caches); rank 1 checks
+    them and that nothing else changed."""
+    gen = torch.Generator().manual_seed(3)
+    full = [(torch.randn(8, 4, 4, 8, generator=gen), torch.randn(8, 4, 4, 8, generator=gen))
+            for _ in range(3)]
+    src, dst, layers, heads = [6, 0, 3], [1, 7, 2], (1, 3), (1, 3)
+    if rank == 0:
+        transport.send_blocks(full, src, layers, heads, 1)
+        return True
+    caches = [(torch.zeros_like(k), torch.zeros_like(v)) for k, v in full]
+    nbytes = transport.recv_blocks(caches, dst, layers, heads, 0)
+    want = [(torch.zeros_like(k), torch.zeros_like(v)) for k, v in full]
+    for (k, v), (fk, fv) in zip(want[1:3], full[1:3], strict=True):
+        k[dst, 1:3], v[dst, 1:3] = fk[src, 1:3], fv[src, 1:3]
+    return nbytes == 2 * 2 * 3 * 2 * 4 * 8 * 4 and all(
+        torch.equal(a, b) for got, exp in zip(caches, want, strict=True)
+        for a, b in zip(got, exp, strict=True))
+
+
 def _peer(rank: int, port: int, results: mp.Queue) -> None:
     import torch.distributed as dist
 
@@ -74,9 +96,14 @@ def _peer(rank: int, port: int, results: mp.Queue) -> None:
         out["files_in_use"] = _files(os.getpid())
         out["mismatch"] = _mismatch(transport, rank)
         out["same"] += _exchange(transport, rank, sender=0)  # still usable after a rejection
+        out["blocks"] = _blocks(transport, rank)
         capped = shm.ShmSlabTransport(GlooTransport(), {1 - rank}, max_segment_bytes=1 << 21)
         out["capped_same"] = _exchange(capped, rank, sender=0)  # the big slab: over gloo
         out["capped_bytes"] = [s.view.numel() for s in capped._staging.values()]
+        tiny = shm.ShmSlabTransport(GlooTransport(), {1 - rank}, max_segment_bytes=64)
+        out["blocks_via_fallback"] = _blocks(tiny, rank)  # no segment: over gloo
+        out["tiny_bytes"] = [s.view.numel() for s in tiny._staging.values()]
+        tiny.close()
         capped.close()
         dist.barrier()
         transport.close()
@@ -119,6 +146,7 @@ def test_slabs_both_ways_mismatch_and_no_leak() -> None:
         assert o["files_in_use"] == [], "a segment file outlived its first ack"
         assert o["files_after_close"] == [] and _files(o["pid"]) == []
     assert out[1]["capped_same"] == [True] * n
+    assert out[1]["blocks"] and out[1]["blocks_via_fallback"] and out[0]["tiny_bytes"] == []
     assert out[0]["capped_bytes"] and out[0]["capped_bytes"][0] <= 1 << 21
     recv_err, send_err = out[1]["mismatch"], out[0]["mismatch"]
     assert "expected (3, 2) torch.float32" in recv_err and "torch.bfloat16" in recv_err
