@@ -201,10 +201,22 @@ class SchedulerConfig:
     # Mixed batches: running decodes first, then prompts split into chunks that fill the budget.
     enable_chunked_prefill: bool = False
     preemption_mode: str = "recompute"  # recompute | swap (falls back to recompute when full)
+    # A prefill batch stops growing once one more prompt would take it past this many tokens
+    # (DistServe's L_m: past the length that saturates the device, batching prompts only delays
+    # the first ones); the first prompt always goes. None: only max_num_batched_tokens.
+    prefill_saturation_tokens: int | None = None
 
     def __post_init__(self) -> None:
         check_positive_int("max_num_seqs", self.max_num_seqs)
         check_positive_int("max_num_batched_tokens", self.max_num_batched_tokens)
+        if self.prefill_saturation_tokens is not None:
+            check_positive_int("prefill_saturation_tokens", self.prefill_saturation_tokens)
+
+    def admits_prefill(self, batch_tokens: int, num_tokens: int) -> bool:
+        """Whether a prompt of `num_tokens` may join a prefill batch already holding
+        `batch_tokens` (the saturation cap only; the caller checks the token budget)."""
+        cap = self.prefill_saturation_tokens
+        return batch_tokens == 0 or cap is None or batch_tokens + num_tokens <= cap
         if self.preemption_mode not in PREEMPTION_MODES:
             raise ValueError(f"preemption_mode must be one of {PREEMPTION_MODES}, "
                              f"got {self.preemption_mode!r}")
@@ -219,12 +231,16 @@ class SchedulerConfig:
                        help="mix decodes with prompt chunks under the token budget")
         g.add_argument("--preemption-mode", default="recompute", choices=PREEMPTION_MODES,
                        help="how to free blocks under memory pressure (swap needs swap space)")
+        g.add_argument("--prefill-saturation-tokens", type=int, default=None,
+                       help="stop adding prompts to a prefill batch past this many tokens (the "
+                            "length that saturates the device; CPU: a few hundred)")
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> SchedulerConfig:
         return cls(max_num_seqs=ns.max_num_seqs, max_num_batched_tokens=ns.max_num_batched_tokens,
                    enable_chunked_prefill=ns.enable_chunked_prefill,
-                   preemption_mode=ns.preemption_mode)
+                   preemption_mode=ns.preemption_mode,
+                   prefill_saturation_tokens=ns.prefill_saturation_tokens)
 
 
 @dataclass(frozen=True)

@@ -64,14 +64,15 @@ def workload(n: int, rate: float, seed: int, args: argparse.Namespace
 
 
 
-def build_engine(model_dir: Path, mode: str):  # noqa: ANN201
+def build_engine(model_dir: Path, mode: str, saturation: int | None = None):  # noqa: ANN201
+    """One mode's engine; `saturation`: every scheduler's prefill_saturation_tokens."""
     from distllm.config import EngineConfig
     from distllm.disagg_config import DisaggConfig
     from distllm.engine.disagg_controller import DisaggEngine
 
     config = EngineConfig.from_kwargs(str(model_dir), block_size=16, num_kv_blocks=1024,
                                       max_num_seqs=64, max_num_batched_tokens=2048,
-                                      max_model_len=2048)
+                                      max_model_len=2048, prefill_saturation_tokens=saturation)
     kind, instances, threads, transport, async_scheduling = MODES[mode]
     disagg = DisaggConfig(mode=kind, num_decode_instances=instances,
                           num_threads_per_worker=threads, kv_transport=transport,
@@ -164,14 +165,15 @@ def sweep(model_dir: Path, args: argparse.Namespace) -> dict:
     migration bandwidth of each disaggregated mode's transport."""
     from tqdm import tqdm
 
-    engines = {mode: build_engine(model_dir, mode) for mode in args.modes}
+    engines = {mode: build_engine(model_dir, mode, args.prefill_saturation_tokens)
+               for mode in args.modes}
     try:
         with tqdm(total=args.rounds * len(args.rates), desc="rounds x rates") as bar:
             rounds = [one_round(engines, args, k, bar) for k in range(args.rounds)]
         migration = {m: migration_bandwidth(e, args.migration_blocks)
                      for m, e in engines.items() if MODES[m][0] == "disaggregated"}
         if GLOO not in engines:  # NOTE: the issue asks for gloo's bandwidth in every run
-            engines[GLOO] = build_engine(model_dir, GLOO)
+            engines[GLOO] = build_engine(model_dir, GLOO, args.prefill_saturation_tokens)
             migration[GLOO] = migration_bandwidth(engines[GLOO], args.migration_blocks)
         return {"rounds": rounds, "migration": migration, "model": MODEL_SHAPE}
     finally:
@@ -194,6 +196,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--unloaded-samples", type=int, default=8,
                    help="single requests per mode and round behind the unloaded latencies "
                         "(their median sets the SLOs)")
+    p.add_argument("--prefill-saturation-tokens", type=int, default=512,
+                   help="every mode's prefill batch cap past its first prompt (0: none); on one "
+                        "CPU thread a batch of prompts takes the sum of their times, so batching "
+                        "long prompts only delays the first ones")
     p.add_argument("--migration-blocks", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--modes", default=",".join(DEFAULT_MODES),
@@ -213,6 +219,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--rounds must be >= 1")
     if args.unloaded_samples < 1:
         p.error("--unloaded-samples must be >= 1")
+    if args.prefill_saturation_tokens < 0:
+        p.error("--prefill-saturation-tokens must be >= 0 (0: no cap)")
+    args.prefill_saturation_tokens = args.prefill_saturation_tokens or None
     args.modes = [DISAGG] + [m for m in modes if m != DISAGG]
     return args
 

@@ -105,8 +105,15 @@ def pool_reports(paths: list[Path]) -> dict:
         if rep.get("modes_spec") != reports[0].get("modes_spec"):  # e.g. an older engine's
             raise ValueError(f"--pool-reports: {path} ran its modes as {rep.get('modes_spec')}, "
                              f"{paths[0]} as {reports[0].get('modes_spec')}")
+        cap = rep["meta"].get("prefill_saturation_tokens")
+        if cap != reports[0]["meta"].get("prefill_saturation_tokens"):
+            raise ValueError(f"--pool-reports: {path} capped prefill batches at {cap} tokens, "
+                             f"{paths[0]} at "
+                             f"{reports[0]['meta'].get('prefill_saturation_tokens')}")
     rounds = [rd for rep in reports for rd in rep["rounds"]]
-    return {"meta": {"pooled_from": [str(p) for p in paths], "rates": rates, "modes": modes},
+    return {"meta": {"pooled_from": [str(p) for p in paths], "rates": rates, "modes": modes,
+                     "prefill_saturation_tokens":
+                         reports[0]["meta"].get("prefill_saturation_tokens")},
             "model": reports[0].get("model", {}), "modes_spec": reports[0]["modes_spec"],
             "rounds": rounds, "migration": {f"{p}: {m}": v for p, rep in zip(paths, reports,
                                                                            strict=True)

@@ -1,9 +1,9 @@
 """Colocated scheduler: vLLM-style prefill-priority continuous batching (the baseline).
 
 Default: each step is a prefill batch or a decode batch. Waiting requests are admitted FCFS while
-they fit the token budget (`max_num_batched_tokens`), the batch cap (`max_num_seqs`) and the free
-blocks above the watermark; when any are admitted the step prefills them. Otherwise every running
-request decodes one token.
+they fit the token budget (`max_num_batched_tokens`, and `prefill_saturation_tokens` past the
+first prompt), the batch cap (`max_num_seqs`) and the free blocks above the watermark; when any
+are admitted the step prefills them. Otherwise every running request decodes one token.
 With `enable_chunked_prefill`, a step mixes both: running decodes first (one token each), then
 the unfinished prompt chunks of running requests, then new requests, each prompt cut to fit
 what is left of the budget.
@@ -70,7 +70,8 @@ class ColocatedScheduler(Scheduler):
         while self.waiting and len(self.running) < self.config.max_num_seqs and budget > 0:
             request = self.waiting[0]
             num_tokens = min(request.num_tokens, budget) if chunked else request.num_tokens
-            if num_tokens > budget:
+            if num_tokens > budget or not (chunked or self.config.admits_prefill(
+                    sum(r.num_tokens for r in out.prefills), num_tokens)):
                 break
             status = self.block_manager.can_allocate(request)
             if status is AllocStatus.LATER:

@@ -1,6 +1,7 @@
 """Prefill scheduler (disaggregated mode): FCFS prefill batches under `max_num_seqs` and
-`max_num_batched_tokens`; the forward samples token #1. A prefilled request keeps its blocks
-until a decode instance has pulled its KV cache, so a slow decode side back-pressures prefill.
+`max_num_batched_tokens` (and `prefill_saturation_tokens` past the first prompt); the forward
+samples token #1. A prefilled request keeps its blocks until a decode instance has pulled its KV
+cache, so a slow decode side back-pressures prefill.
 
     waiting --schedule--> running (prefilling) --token #1--> running (prefilled, awaiting a pull)
         --release (migration starts)--> gone from this scheduler; its blocks stay allocated
@@ -33,7 +34,8 @@ class PrefillScheduler(Scheduler):
         now = time.monotonic()
         while self.waiting and len(out.prefills) < self.config.max_num_seqs:
             request = self.waiting[0]
-            if request.num_tokens > budget:
+            if request.num_tokens > budget or not self.config.admits_prefill(
+                    self.config.max_num_batched_tokens - budget, request.num_tokens):
                 break
             status = self.block_manager.can_allocate(request)
             if status is AllocStatus.LATER:

@@ -50,6 +50,20 @@ def test_admission_is_fcfs_even_when_a_later_request_would_fit() -> None:
     assert _ids(out.prefills) == ["req0"]  # req1 does not fit the budget; req2 must not jump it
 
 
+def test_prefill_batches_stop_at_the_saturation_length_past_the_first_prompt() -> None:
+    scheduler = create_scheduler(max_num_batched_tokens=64, prefill_saturation_tokens=12)
+    for req in create_requests(5, prompt_len=[20, 5, 4, 8, 3], max_tokens=2):
+        scheduler.add_request(req)
+    steps = [_ids(run_step(scheduler).prefills) for _ in range(3)]
+    # the first prompt goes alone past the cap; then 5 + 4 <= 12 < 5 + 4 + 8; then 8 + 3
+    assert steps == [["req0"], ["req1", "req2"], ["req3", "req4"]]
+    chunked = create_scheduler(max_num_batched_tokens=16, enable_chunked_prefill=True,
+                               prefill_saturation_tokens=4)  # NOTE: chunks use the budget only
+    for req in create_requests(2, prompt_len=8):
+        chunked.add_request(req)
+    assert [r.num_tokens for r in chunked.schedule().prefills] == [8, 8]
+
+
 def test_prefill_has_priority_then_all_running_decode() -> None:
     scheduler = create_scheduler(max_num_seqs=4)
     first = create_requests(2, prompt_len=4, max_tokens=10)

@@ -16,11 +16,13 @@ def create_scheduler(max_num_seqs: int = 16, max_num_batched_tokens: int = 512,
                      num_blocks: int = 64, block_size: int = 4, watermark: float = 0.0,
                      max_model_len: int = 512, num_swap_blocks: int = 0,
                      enable_chunked_prefill: bool = False,
-                     preemption_mode: str = "recompute") -> ColocatedScheduler:
+                     preemption_mode: str = "recompute",
+                     prefill_saturation_tokens: int | None = None) -> ColocatedScheduler:
     config = SchedulerConfig(max_num_seqs=max_num_seqs,
                              max_num_batched_tokens=max_num_batched_tokens,
                              enable_chunked_prefill=enable_chunked_prefill,
-                             preemption_mode=preemption_mode)
+                             preemption_mode=preemption_mode,
+                             prefill_saturation_tokens=prefill_saturation_tokens)
     block_manager = BlockManager(num_blocks, block_size, watermark, num_swap_blocks)
     return ColocatedScheduler(config, block_manager, max_model_len)
 

@@ -18,9 +18,10 @@ from distllm.request import LifecycleEvent
 from tests.core.utils import create_requests, fake_output, run_step
 
 
-def _prefill(num_blocks: int = 16, max_num_seqs: int = 8, max_tokens: int = 64
-             ) -> PrefillScheduler:
-    config = SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_tokens)
+def _prefill(num_blocks: int = 16, max_num_seqs: int = 8, max_tokens: int = 64,
+             saturation: int | None = None) -> PrefillScheduler:
+    config = SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_tokens,
+                             prefill_saturation_tokens=saturation)
     return PrefillScheduler(config, BlockManager(num_blocks, 4, 0.0), 512)
 
 
@@ -50,6 +51,14 @@ def test_prefill_batches_fcfs_under_token_budget_and_samples_first_token() -> No
     assert requests[0].lifetime.get(LifecycleEvent.PREFILL_END) is not None
     assert requests[0].lifetime.get(LifecycleEvent.DECODE_BEGIN) is None
     assert not run_step(s).prefills or s.pop_prefilled()[0].request_id == "req2"
+
+
+def test_prefill_batch_stops_at_the_saturation_length() -> None:
+    s = _prefill(num_blocks=32, saturation=10)
+    for r in create_requests(4, prompt_len=[12, 4, 4, 4]):
+        s.add_request(r)
+    batches = [[r.request_id for r in run_step(s).prefills] for _ in range(3)]
+    assert batches == [["req0"], ["req1", "req2"], ["req3"]]  # 12 alone; 4 + 4 <= 10 < 12
 
 
 def test_unmigrated_blocks_back_pressure_prefill() -> None:

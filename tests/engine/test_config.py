@@ -37,6 +37,7 @@ def test_model_config_reads_dims_and_derives_lengths(tmp_path: Path) -> None:
     (lambda d: CacheConfig(swap_space_gb=-1), "swap_space_gb"),
     (lambda d: ParallelConfig(tp=0), "tp"),
     (lambda d: SchedulerConfig(max_num_seqs=0), "max_num_seqs"),
+    (lambda d: SchedulerConfig(prefill_saturation_tokens=0), "prefill_saturation_tokens"),
     (lambda d: EngineConfig(ModelConfig(model=d), scheduler=SchedulerConfig(
         max_num_batched_tokens=100)), "max_num_batched_tokens"),
     (lambda d: EngineConfig(ModelConfig(model=d), device="tpu"), "device"),
@@ -51,9 +52,11 @@ def test_cli_round_trip(tmp_path: Path) -> None:
     parser = argparse.ArgumentParser()
     EngineConfig.add_cli_args(parser)
     ns = parser.parse_args(["--model", str(_model_dir(tmp_path)), "--block-size", "8",
-                            "--num-kv-blocks", "64", "--max-num-seqs", "4", "--dtype", "bfloat16"])
+                            "--num-kv-blocks", "64", "--max-num-seqs", "4", "--dtype", "bfloat16",
+                            "--prefill-saturation-tokens", "256"])
     config = EngineConfig.from_cli_args(ns)
     assert config.cache.block_size == 8 and config.cache.num_kv_blocks == 64
+    assert config.scheduler.prefill_saturation_tokens == 256
     assert config.scheduler.max_num_seqs == 4 and config.model.dtype == "bfloat16"
 
 

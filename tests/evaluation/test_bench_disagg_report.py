@@ -104,6 +104,12 @@ def test_pool_reports_equals_one_run_of_all_rounds(tmp_path) -> None:  # noqa: A
     paths[1].write_text(json.dumps(other))
     with pytest.raises(ValueError, match="ran its modes as"):
         bench.pool_reports(paths)
+    # nor one whose prefill batches were capped otherwise
+    other["modes_spec"] = both["modes_spec"]
+    other["meta"]["prefill_saturation_tokens"] = None
+    paths[1].write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="capped prefill batches at None tokens"):
+        bench.pool_reports(paths)
 
 
 def test_default_modes_compare_async_scheduling_side_by_side() -> None:
