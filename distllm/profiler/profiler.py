@@ -28,27 +28,35 @@ class ProfileRun:
     host: dict = field(default_factory=dict)  # the profile's host section (contention.py)
 
 
-def _median_ms(timer: StepTimer, out: object, grid: ProfileGridConfig) -> float:
-    for _ in range(grid.warmup):
-        timer.time_step(out)
-    return 1e3 * statistics.median(timer.time_step(out) for _ in range(grid.repeats))
-
-
 def time_grid(timer: StepTimer, grid: ProfileGridConfig, vocab_size: int,
               progress: bool = True) -> ProfileRun:
-    """Median step time of every grid point (prefill points, then decode points)."""
+    """Median step time of every grid point (prefill points, then decode points). The points
+    take turns: after `grid.warmup` steps of each, `grid.repeats` rounds time every point once,
+    so a burst of other load on the host costs many points one sample each instead of a few
+    points all of theirs (which bends the fit)."""
     from tqdm import tqdm
 
+    steps = [("prefill", b, n, prefill_step(b, n, grid, vocab_size))
+             for b, n in grid.prefill_points()]
+    steps += [("decode", b, n, decode_step(b, n, grid, vocab_size))
+              for b, n in grid.decode_points()]
+    times: list[list[float]] = [[] for _ in steps]
+    with tqdm(total=len(steps) * (grid.warmup + grid.repeats), desc="profiling steps",
+              disable=not progress, unit="step") as bar:
+        for *_, out in steps:
+            for _ in range(grid.warmup):
+                timer.time_step(out)
+                bar.update()
+        for _ in range(grid.repeats):
+            for i, (*_, out) in enumerate(steps):
+                times[i].append(timer.time_step(out))
+                bar.update()
     run = ProfileRun()
-    points = [("prefill", p) for p in grid.prefill_points()]
-    points += [("decode", p) for p in grid.decode_points()]
-    for kind, (batch, n) in tqdm(points, desc="profiling steps", disable=not progress,
-                                 unit="pt"):
+    for (kind, batch, n, _), ts in zip(steps, times, strict=True):
+        ms = 1e3 * statistics.median(ts)
         if kind == "prefill":
-            ms = _median_ms(timer, prefill_step(batch, n, grid, vocab_size), grid)
             run.prefill.append(([n] * batch, ms))
         else:
-            ms = _median_ms(timer, decode_step(batch, n, grid, vocab_size), grid)
             run.decode.append((batch, batch * n, ms))
     return run
 

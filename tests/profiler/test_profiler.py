@@ -11,7 +11,7 @@ import pytest
 
 from distllm.profiler.fit import fit_profile_entry, predict_decode, predict_prefill
 from distllm.profiler.grid import ProfileGridConfig, decode_step, prefill_step
-from distllm.profiler.profiler import ProfileRun, profile_model, to_profile
+from distllm.profiler.profiler import ProfileRun, profile_model, time_grid, to_profile
 from distllm.profiler.timers import StepTimer
 
 SMALL_GRID = dict(prefill_batch_sizes=(1, 2, 4), prompt_lens=(8, 32, 64),
@@ -68,6 +68,27 @@ def test_fit_recovers_a_known_cost_model_exactly() -> None:
     assert run.transfer["gb_s"] == pytest.approx(1.0, rel=1e-6)
     assert run.transfer["latency_ms"] == pytest.approx(2.0, rel=1e-6)
     assert run.host == {}  # no real worker: no host section measured
+
+
+def test_grid_points_take_turns_so_a_load_burst_spreads_over_them() -> None:
+    """Warm-ups first, then rounds over every point; a burst (here 3 slow steps in a row,
+    x10) costs each point it hits one sample of three, so the medians stay exact."""
+    grid = ProfileGridConfig(**SMALL_GRID)
+    timer, seen = FakeTimer(), []
+    exact = time_grid(timer, grid, vocab_size=100, progress=False)
+
+    class Bursty(FakeTimer):
+        def time_step(self, out: object) -> float:
+            seen.append(id(out))
+            slow = len(seen) in range(40, 43)
+            return super().time_step(out) * (10 if slow else 1)
+
+    run = time_grid(Bursty(), grid, vocab_size=100, progress=False)
+    points = len(grid.prefill_points()) + len(grid.decode_points())
+    assert len(seen) == points * (grid.warmup + grid.repeats)
+    rounds = [seen[k * points:(k + 1) * points] for k in range(grid.warmup + grid.repeats)]
+    assert all(len(set(r)) == points and r == rounds[0] for r in rounds)
+    assert run.prefill == exact.prefill and run.decode == exact.decode
 
 
 def test_profile_dict_loads_in_simdist_and_predicts_the_fit() -> None:
