@@ -168,12 +168,12 @@ def _cpu_now(child_pid: int) -> tuple[float, float, float]:
     """(host busy CPU s, this process's + the child's CPU s, wall s)."""
     import resource
 
-    from distllm.profiler.host import _host_busy_s, _stat
+    from distllm.profiler.host import host_busy_s, proc_stat
 
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    child = _stat(child_pid)
+    child = proc_stat(child_pid)
     own = ru.ru_utime + ru.ru_stime + (child[2] if child is not None else 0.0)
-    return _host_busy_s(), own, time.monotonic()
+    return host_busy_s(), own, time.monotonic()
 
 
 def _other_cores(before: tuple, after: tuple) -> float:

@@ -42,7 +42,7 @@ class CpuSnapshot:
     wall_s: float
 
 
-def _stat(pid: int) -> tuple[int, int, float] | None:
+def proc_stat(pid: int) -> tuple[int, int, float] | None:
     """(ppid, session id, user+system CPU seconds) of a pid, None if it is gone."""
     try:
         raw = (_PROC / str(pid) / "stat").read_text()
@@ -68,7 +68,7 @@ def snapshot(root_pid: int) -> CpuSnapshot:
     stats = {}
     if _PROC.is_dir():
         for entry in _PROC.iterdir():
-            if entry.name.isdigit() and (st := _stat(int(entry.name))) is not None:
+            if entry.name.isdigit() and (st := proc_stat(int(entry.name))) is not None:
                 stats[int(entry.name)] = st
     tree = {root_pid}
     grew = True
@@ -79,10 +79,10 @@ def snapshot(root_pid: int) -> CpuSnapshot:
         grew = bool(new)
     procs = {p: (_role(p), stats[p][2]) for p in tree if p in stats}
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    return CpuSnapshot(procs, ru.ru_utime + ru.ru_stime, _host_busy_s(), time.monotonic())
+    return CpuSnapshot(procs, ru.ru_utime + ru.ru_stime, host_busy_s(), time.monotonic())
 
 
-def _host_busy_s() -> float:
+def host_busy_s() -> float:
     """Non-idle CPU seconds of the whole host (user, nice, system, irq, softirq, steal)."""
     try:
         head = (_PROC / "stat").read_text().split("\n", 1)[0].split()
