@@ -3,7 +3,8 @@ does and returns its wall time, and measures the instance's KV capacity and KV t
 
 - `InProcessTimer`: a `Worker` in this process (tp = pp = 1): the colocated engine's step.
 - `RayTimer`: one prefill and one decode instance on Ray, as the disaggregated engine builds
-  them (Ray call + every tp x pp worker); KV transfer uses the engine's own migration path.
+  them (Ray call + every tp x pp worker; decode steps with the pipeline full where the engine
+  schedules them asynchronously); KV transfer uses the engine's own migration path.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from distllm.disagg_config import DisaggConfig
 
 logger = logging.getLogger(__name__)
+PIPELINED_STEPS = 4  # decode steps timed per sample with the pipeline full (async scheduling)
 
 
 class StepTimer(ABC):
@@ -93,12 +95,32 @@ class RayTimer(StepTimer):
         self.prefill, self.decode = self.engine.prefill[0], self.engine.decode[0]
 
     def time_step(self, scheduler_output: SchedulerOutput) -> float:
+        """A prefill step: submit to result (the engine waits it out). A decode step of an
+        instance that keeps more than one step in flight (async scheduling): the interval
+        between results with its pipeline full, as the engine runs it (the Ray round trip and
+        the driver's work overlap the worker's step)."""
         import ray
 
         inst = self.decode if scheduler_output.decodes else self.prefill
+        if scheduler_output.decodes and inst.pp == 1 and inst.max_inflight > 1:
+            return self._pipelined(inst, scheduler_output)
         t0 = time.perf_counter()
         ray.get(inst.submit(scheduler_output), timeout=self.timeout_s)
         return time.perf_counter() - t0
+
+    def _pipelined(self, inst, scheduler_output: SchedulerOutput,  # noqa: ANN001
+                   steps: int = PIPELINED_STEPS) -> float:
+        import ray
+
+        refs = [inst.submit(scheduler_output) for _ in range(inst.max_inflight)]
+        ray.get(refs.pop(0), timeout=self.timeout_s)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            refs.append(inst.submit(scheduler_output))
+            ray.get(refs.pop(0), timeout=self.timeout_s)
+        seconds = (time.perf_counter() - t0) / steps
+        ray.get([r for step in refs for r in step], timeout=self.timeout_s)
+        return seconds
 
     def kv_capacity_tokens(self) -> int:
         return self.decode.block_manager.num_blocks * self.config.cache.block_size

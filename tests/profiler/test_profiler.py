@@ -169,3 +169,39 @@ def test_gloo_transfer_moves_the_slab_between_processes() -> None:
     assert nbytes == 2 * 2 * 8 * 2 * 8 * 16 * 4
     assert 0 < seconds < 60
 
+
+
+@pytest.mark.parametrize("async_scheduling", [True, False])
+def test_ray_timer_times_decode_steps_as_the_engine_runs_them(
+        tiny_model: Path, ray_cluster: None, async_scheduling: bool) -> None:
+    """Async scheduling: a decode sample is the interval between results with two steps in
+    flight (PIPELINED_STEPS timed + 2 filling and draining the pipeline); otherwise, and for
+    prefills, one step from submit to result."""
+    from distllm.config import EngineConfig
+    from distllm.disagg_config import DisaggConfig
+    from distllm.profiler import timers
+
+    config = EngineConfig.from_kwargs(str(tiny_model), block_size=8, num_kv_blocks=64,
+                                      max_num_batched_tokens=512)
+    timer = timers.RayTimer(config, DisaggConfig(mode="disaggregated",
+                                                 async_scheduling=async_scheduling))
+    try:
+        grid = ProfileGridConfig(**SMALL_GRID)
+        calls = {"prefill": 0, "decode": 0}
+        for name in calls:
+            inst = getattr(timer, name)
+            submit = inst.submit
+
+            def counted(out, _submit=submit, _name=name):  # noqa: ANN001, ANN202
+                calls[_name] += 1
+                return _submit(out)
+
+            inst.submit = counted
+        decode_s = timer.time_step(decode_step(2, 16, grid, vocab_size=100))
+        prefill_s = timer.time_step(prefill_step(1, 8, grid, vocab_size=100))
+        assert decode_s > 0 and prefill_s > 0
+        assert calls == {"prefill": 1, "decode": timers.PIPELINED_STEPS + 2
+                         if async_scheduling else 1}
+        assert timer.decode.max_inflight == (2 if async_scheduling else 1)
+    finally:
+        timer.close()
