@@ -13,7 +13,10 @@ from distllm.profiler.timers import StepTimer
 
 logger = logging.getLogger(__name__)
 PROFILE_FORMAT = "distllm-profile-v1"
-TRANSFER_BLOCKS = (4, 64)  # KV blocks per timed transfer: latency from the small, rate from both
+# KV transfers timed: a small one (latency) and one of ~TRANSFER_LARGE_BYTES (rate from both),
+# so the bytes of the large one dwarf the jitter of the fixed cost
+TRANSFER_SMALL_BLOCKS, TRANSFER_MIN_LARGE_BLOCKS = 4, 64
+TRANSFER_LARGE_BYTES = 32 << 20
 
 
 @dataclass
@@ -61,15 +64,33 @@ def time_grid(timer: StepTimer, grid: ProfileGridConfig, vocab_size: int,
     return run
 
 
-def measure_transfer(timer: StepTimer, block_size: int, repeats: int = 5) -> dict:
+def transfer_sizes(block_bytes: int, capacity_blocks: int) -> tuple[int, int]:
+    """(small, large) KV blocks per timed transfer: the large one moves ~TRANSFER_LARGE_BYTES
+    (at least TRANSFER_MIN_LARGE_BLOCKS blocks, at most what the cache holds)."""
+    large = max(TRANSFER_MIN_LARGE_BLOCKS, -(-TRANSFER_LARGE_BYTES // max(block_bytes, 1)))
+    large = max(2, min(large, capacity_blocks))
+    return min(TRANSFER_SMALL_BLOCKS, large // 2), large
+
+
+def measure_transfer(timer: StepTimer, block_size: int, repeats: int = 7) -> dict:
     """Median transfer time at two sizes: bandwidth from the difference (fixed costs cancel),
-    latency = the small transfer's time minus its bytes at that bandwidth."""
-    sizes = {n: timer.transfer_seconds(n, repeats) for n in TRANSFER_BLOCKS}
-    (b0, t0), (b1, t1) = sizes[TRANSFER_BLOCKS[0]], sizes[TRANSFER_BLOCKS[1]]
-    gb_s = (b1 - b0) / max(t1 - t0, 1e-9) / 1e9
-    latency_ms = max(0.0, 1e3 * (t0 - b0 / (gb_s * 1e9)))
-    return {"gb_s": gb_s, "latency_ms": latency_ms, "block_size": block_size,
-            "points": [{"blocks": n, "bytes": b, "seconds": s} for n, (b, s) in sizes.items()]}
+    latency = the small transfer's time minus its bytes at that bandwidth. Where the large
+    transfer was not slower (jitter), the rate is the large one's bytes over its time and the
+    latency 0 (noted)."""
+    block_bytes = timer.config.model.kv_bytes_per_token * block_size
+    small, large = transfer_sizes(block_bytes, timer.kv_capacity_tokens() // block_size)
+    sizes = {n: timer.transfer_seconds(n, repeats) for n in (small, large)}
+    (b0, t0), (b1, t1) = sizes[small], sizes[large]
+    out = {"block_size": block_size,
+           "points": [{"blocks": n, "bytes": b, "seconds": s} for n, (b, s) in sizes.items()]}
+    if t1 > t0 and b1 > b0:
+        gb_s = (b1 - b0) / (t1 - t0) / 1e9
+        return {"gb_s": gb_s, "latency_ms": max(0.0, 1e3 * (t0 - b0 / (gb_s * 1e9))), **out}
+    logger.warning("KV transfer: %d blocks took no longer than %d (%.2f vs %.2f ms): rate from "
+                   "the large transfer alone", large, small, 1e3 * t1, 1e3 * t0)
+    return {"gb_s": b1 / max(t1, 1e-9) / 1e9, "latency_ms": 0.0,
+            "note": "large transfer not slower than the small: rate = its bytes / its time",
+            **out}
 
 
 def measure_host(timer: StepTimer, grid: ProfileGridConfig) -> dict:

@@ -11,7 +11,14 @@ import pytest
 
 from distllm.profiler.fit import fit_profile_entry, predict_decode, predict_prefill
 from distllm.profiler.grid import ProfileGridConfig, decode_step, prefill_step
-from distllm.profiler.profiler import ProfileRun, profile_model, time_grid, to_profile
+from distllm.profiler.profiler import (
+    ProfileRun,
+    measure_transfer,
+    profile_model,
+    time_grid,
+    to_profile,
+    transfer_sizes,
+)
 from distllm.profiler.timers import StepTimer
 
 SMALL_GRID = dict(prefill_batch_sizes=(1, 2, 4), prompt_lens=(8, 32, 64),
@@ -24,7 +31,8 @@ class FakeTimer(StepTimer):
     0.05*batch ms below batch 4, 1.5 + 0.001*ctx + 0.02*batch from 4 on."""
 
     def __init__(self) -> None:
-        self.config = SimpleNamespace(model=SimpleNamespace(dims=SimpleNamespace(vocab_size=100)))
+        self.config = SimpleNamespace(model=SimpleNamespace(dims=SimpleNamespace(vocab_size=100),
+                                                            kv_bytes_per_token=125))
 
     def time_step(self, out: object) -> float:
         if out.prefills:
@@ -68,6 +76,21 @@ def test_fit_recovers_a_known_cost_model_exactly() -> None:
     assert run.transfer["gb_s"] == pytest.approx(1.0, rel=1e-6)
     assert run.transfer["latency_ms"] == pytest.approx(2.0, rel=1e-6)
     assert run.host == {}  # no real worker: no host section measured
+
+
+def test_transfer_sizes_and_a_large_transfer_no_slower_than_the_small() -> None:
+    assert transfer_sizes(1000, 512) == (4, 512)  # ~32 MB of 1000-byte blocks: the cache caps it
+    assert transfer_sizes(256 << 10, 2048) == (4, 128)  # 32 MB of 256 KB blocks
+    assert transfer_sizes(1 << 20, 2048) == (4, 64) and transfer_sizes(1000, 3) == (1, 3)
+
+    class Flat(FakeTimer):  # jitter as large as the transfer: both sizes take 3 ms
+        def transfer_seconds(self, num_blocks: int, repeats: int) -> tuple[int, float]:
+            return num_blocks * 1000, 0.003
+
+    out = measure_transfer(Flat(), block_size=8)  # 4096 tokens = 512 blocks
+    assert [p["blocks"] for p in out["points"]] == [4, 512]
+    assert out["gb_s"] == pytest.approx(512 * 1000 / 0.003 / 1e9) and out["latency_ms"] == 0.0
+    assert "not slower" in out["note"]
 
 
 def test_grid_points_take_turns_so_a_load_burst_spreads_over_them() -> None:
