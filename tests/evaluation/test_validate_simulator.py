@@ -12,6 +12,7 @@ import pytest
 from evaluation import validate_simulator as vs
 from simdist.calibrate import calibrate, exp_request_terms, exp_terms, simulate_trace
 from simdist.profile import load_profile
+from tests.simdist.conftest import plain_demo_profile
 
 ROWS = [{"prompt": f"p{i}", "prompt_len": 20 + 7 * i, "output_len": 5 + i % 9}
         for i in range(30)]
@@ -204,7 +205,7 @@ def test_calibrate_mode_pools_its_rounds(monkeypatch, tmp_path) -> None:
     from simdist.profile import LatencyProfile
     from simdist.results import write_exp
 
-    prof = load_profile("cpu-demo")
+    prof = plain_demo_profile()
     truth = LatencyProfile.from_dict(_scaled(prof.to_dict(), "distllm-demo", {
         "prefill": 1.3, "decode": 1.1, "transfer": 1.0}, 2.0))
     cfg = vs.parse_args(["--rates", "12", "-o", str(tmp_path), "--calibrate-rounds", "2",

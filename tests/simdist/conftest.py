@@ -1,5 +1,9 @@
-"""Fixtures for simdist tests: a toy profile with round coefficients for hand-computed runs."""
+"""Fixtures for simdist tests: a toy profile with round coefficients for hand-computed runs, and
+a frozen demo profile without what calibration adds (the base the calibration tests fit from)."""
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +23,17 @@ def toy_profile(capacity: int = 100_000, prefill: dict | None = None,
     models = {"toy": {"kv_bytes_per_token": 1000, "tp": tps, "kv_capacity_tokens": caps}}
     return LatencyProfile("toy", models, "toy", {}, {"nvlink_gb_s": 1.0, "network_gb_s": 0.1},
                           "toy")
+
+
+def plain_demo_profile() -> LatencyProfile:
+    """A frozen copy of the demo model's CPU profile (data/cpu_demo_base_profile.json, shipped
+    until the engine changed; the calibration tests' synthetic rounds depend on its regime,
+    not on whatever simdist/profiles/cpu-demo.json holds now), without contention
+    coefficients or a fixed decode step: the tests simulate "real" rounds with their own."""
+    d = json.loads((Path(__file__).parent / "data" / "cpu_demo_base_profile.json").read_text())
+    d["host"] = {k: v for k, v in d["host"].items() if not k.startswith("contention_")}
+    d["overhead"] = {k: v for k, v in d["overhead"].items() if k != "decode_step_ms"}
+    return LatencyProfile.from_dict(d)
 
 
 def fixed_workload(prompts: list[int], outputs: list[int], arrivals: list[float]) -> Workload:

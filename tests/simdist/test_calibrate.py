@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from simdist.calibrate import _scaled, calibrate, decode_fit, exp_request_terms, simulate_trace
-from simdist.profile import LatencyProfile, load_profile
+from simdist.profile import LatencyProfile
+from tests.simdist.conftest import plain_demo_profile
 
 MODEL = "distllm-demo"
 ROLES = ("prefill", "decode")
@@ -56,7 +57,7 @@ def test_calibration_recovers_scale_and_fixed_step_from_two_rates() -> None:
     on both rounds pooled finds those figures and reproduces the rounds' decode times. NOTE:
     scale and step trade off along a flat valley (the fixed point stops within 0.5 % of the
     rounds' decode times at scale 1.10-1.22, step 2.5-3.3 ms), hence the tolerances."""
-    prof = load_profile("cpu-demo")
+    prof = plain_demo_profile()
     truth_step = {"prefill": 1.3, "decode": 1.15, "transfer": 1.5}
     truth = _truth(prof, truth_step, 3.0)
     samples = []
@@ -83,7 +84,7 @@ def test_calibration_recovers_scale_and_fixed_step_from_two_rates() -> None:
 def test_calibration_pools_the_rounds_requests() -> None:
     """A round as if 1.2x slower prefill and one 1.6x slower at the same rate: pooled, the
     factor lies between them; each alone gives its own; one rate: no fixed step."""
-    prof = load_profile("cpu-demo")
+    prof = plain_demo_profile()
     samples = []
     for seed, factor in ((0, 1.2), (1, 1.6)):
         trace = _trace(3.0, seed)
@@ -101,7 +102,7 @@ def test_calibration_pools_the_rounds_requests() -> None:
 
 
 def test_decode_step_ms_is_decode_only_and_absent_is_bit_identical() -> None:
-    prof = load_profile("cpu-demo")
+    prof = plain_demo_profile()
     assert "decode_step_ms" not in prof.overhead
     zero = LatencyProfile.from_dict(_scaled(prof.to_dict(), MODEL, dict.fromkeys(
         ("prefill", "decode", "transfer"), 1.0), 0.0))
@@ -122,7 +123,7 @@ def test_fit_contention_recovers_the_coefficients_of_simulated_rounds() -> None:
     from simdist.calibrate import fit_contention, with_host
 
     host = {"cores": 2, "frontend_cpu_ms_per_step": 1.0}
-    prof = with_host(load_profile("cpu-demo"), host)
+    prof = with_host(plain_demo_profile(), host)
     truth = with_host(prof, {**host, "contention_prefill": 0.3, "contention_decode": 0.2})
     traces = [_trace(rate, seed, 40) for rate, seed in ((3.0, 0), (6.0, 1))]
     rounds = [(t, simulate_trace(t, ROLES, truth, MODEL)) for t in traces]
@@ -134,5 +135,5 @@ def test_fit_contention_recovers_the_coefficients_of_simulated_rounds() -> None:
     none = fit_contention(prof, MODEL, plain, ROLES)
     assert none["contention_prefill"] == 0.0 and none["contention_decode"] == 0.0
     with pytest.raises(ValueError, match="host section"):
-        fit_contention(load_profile("cpu-demo").__class__.from_dict(
+        fit_contention(LatencyProfile.from_dict(
             {k: v for k, v in prof.to_dict().items() if k != "host"}), MODEL, rounds, ROLES)
