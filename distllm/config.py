@@ -211,15 +211,15 @@ class SchedulerConfig:
         check_positive_int("max_num_batched_tokens", self.max_num_batched_tokens)
         if self.prefill_saturation_tokens is not None:
             check_positive_int("prefill_saturation_tokens", self.prefill_saturation_tokens)
+        if self.preemption_mode not in PREEMPTION_MODES:
+            raise ValueError(f"preemption_mode must be one of {PREEMPTION_MODES}, "
+                             f"got {self.preemption_mode!r}")
 
     def admits_prefill(self, batch_tokens: int, num_tokens: int) -> bool:
         """Whether a prompt of `num_tokens` may join a prefill batch already holding
         `batch_tokens` (the saturation cap only; the caller checks the token budget)."""
         cap = self.prefill_saturation_tokens
         return batch_tokens == 0 or cap is None or batch_tokens + num_tokens <= cap
-        if self.preemption_mode not in PREEMPTION_MODES:
-            raise ValueError(f"preemption_mode must be one of {PREEMPTION_MODES}, "
-                             f"got {self.preemption_mode!r}")
 
     @staticmethod
     def add_cli_args(parser: argparse.ArgumentParser) -> None:

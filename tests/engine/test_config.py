@@ -38,6 +38,7 @@ def test_model_config_reads_dims_and_derives_lengths(tmp_path: Path) -> None:
     (lambda d: ParallelConfig(tp=0), "tp"),
     (lambda d: SchedulerConfig(max_num_seqs=0), "max_num_seqs"),
     (lambda d: SchedulerConfig(prefill_saturation_tokens=0), "prefill_saturation_tokens"),
+    (lambda d: SchedulerConfig(preemption_mode="evict"), "preemption_mode"),
     (lambda d: EngineConfig(ModelConfig(model=d), scheduler=SchedulerConfig(
         max_num_batched_tokens=100)), "max_num_batched_tokens"),
     (lambda d: EngineConfig(ModelConfig(model=d), device="tpu"), "device"),
