@@ -67,11 +67,12 @@ class ColocatedScheduler(Scheduler):
         """Admit waiting requests FCFS; returns the budget left."""
         now = time.monotonic()
         chunked = self.config.enable_chunked_prefill
+        start_budget = budget
         while self.waiting and len(self.running) < self.config.max_num_seqs and budget > 0:
             request = self.waiting[0]
             num_tokens = min(request.num_tokens, budget) if chunked else request.num_tokens
             if num_tokens > budget or not (chunked or self.config.admits_prefill(
-                    sum(r.num_tokens for r in out.prefills), num_tokens)):
+                    start_budget - budget, num_tokens)):
                 break
             status = self.block_manager.can_allocate(request)
             if status is AllocStatus.LATER:

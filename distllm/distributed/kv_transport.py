@@ -76,8 +76,8 @@ def gather_slab(caches: KVCaches, block_ids: list[int], layers: tuple[int, int],
     k0 = caches[0][0]
     index = torch.tensor(block_ids, dtype=torch.int64, device=k0.device)
     if out is None:
-        out = torch.empty(slab_shape(layers[1] - layers[0], len(block_ids), heads[1] - heads[0],
-                                     k0.shape[-2], k0.shape[-1]), dtype=k0.dtype, device=k0.device)
+        out = torch.empty(blocks_slab_shape(caches, len(block_ids), layers, heads),
+                          dtype=k0.dtype, device=k0.device)
     for i, (k, v) in enumerate(caches[layers[0]:layers[1]]):
         torch.index_select(k[:, heads[0]:heads[1]], 0, index, out=out[0, i])
         torch.index_select(v[:, heads[0]:heads[1]], 0, index, out=out[1, i])
