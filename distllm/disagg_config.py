@@ -15,6 +15,7 @@ from distllm.distributed.transport_select import (  # pure Python: no torch
 )
 
 MODES = ("colocated", "disaggregated")
+WORKER_RPCS = ("channel", "ray")  # what --worker-rpc accepts
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class DisaggConfig:
     # runs (the worker feeds it the token it just sampled), so the worker never waits for the
     # driver between steps; off: one step at a time
     async_scheduling: bool = True
+    # how steps reach the workers: "channel", a socket per worker (distllm.worker.step_channel;
+    # instances with pp = 1), or "ray", a Ray task per worker and step
+    worker_rpc: str = "channel"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -63,6 +67,9 @@ class DisaggConfig:
         if not self.step_timeout_s > 0:
             raise ValueError(f"step_timeout_s must be > 0, got {self.step_timeout_s}")
         check_kv_transport(self.kv_transport)
+        if self.worker_rpc not in WORKER_RPCS:
+            raise ValueError(f"worker_rpc (--worker-rpc) must be one of {WORKER_RPCS}, got "
+                             f"{self.worker_rpc!r}")
 
     @classmethod
     def from_placement(cls, path: str, **overrides: Any) -> DisaggConfig:
@@ -98,6 +105,10 @@ class DisaggConfig:
         g.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_false",
                        help="decode one step at a time (default: decode and colocated instances "
                             "with pp=1 schedule the next step while one runs)")
+        g.add_argument("--worker-rpc", default="channel", choices=WORKER_RPCS,
+                       help="how the driver sends steps to workers: a socket per worker "
+                            "(channel; instances with pp=1, others use Ray) or a Ray task per "
+                            "step (ray)")
 
     @classmethod
     def from_cli_args(cls, ns: argparse.Namespace) -> DisaggConfig | None:
@@ -107,14 +118,16 @@ class DisaggConfig:
         if placement:
             return cls.from_placement(placement, ray_address=ns.ray_address,
                                       kv_transport=_kv_transport(ns),
-                                      async_scheduling=_async_scheduling(ns))
+                                      async_scheduling=_async_scheduling(ns),
+                                      worker_rpc=_worker_rpc(ns))
         if ns.mode is None:
             return None
         return cls(mode=ns.mode, prefill_tp=ns.prefill_tp, prefill_pp=ns.prefill_pp,
                    decode_tp=ns.decode_tp, decode_pp=ns.decode_pp,
                    num_prefill_instances=ns.num_prefill_instances,
                    num_decode_instances=ns.num_decode_instances, ray_address=ns.ray_address,
-                   kv_transport=_kv_transport(ns), async_scheduling=_async_scheduling(ns))
+                   kv_transport=_kv_transport(ns), async_scheduling=_async_scheduling(ns),
+                   worker_rpc=_worker_rpc(ns))
 
 
 def _kv_transport(ns: argparse.Namespace) -> str:
@@ -125,3 +138,8 @@ def _kv_transport(ns: argparse.Namespace) -> str:
 def _async_scheduling(ns: argparse.Namespace) -> bool:
     """NOTE: parsers built before --no-async-scheduling existed lack it: on."""
     return getattr(ns, "async_scheduling", True)
+
+
+def _worker_rpc(ns: argparse.Namespace) -> str:
+    """NOTE: parsers built before --worker-rpc existed lack it: channel."""
+    return getattr(ns, "worker_rpc", None) or "channel"

@@ -17,6 +17,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
+from multiprocessing.connection import wait as wait_connections
 from typing import Any
 
 import ray
@@ -32,8 +33,13 @@ from distllm.engine.outputs import RequestOutput
 from distllm.engine.stage_engine import StageEngine, submit_migration
 from distllm.sampling_params import SamplingParams
 from distllm.tokenizer import Tokenizer
+from distllm.worker.step_channel import StepFailed, WorkerLost
 
 logger = logging.getLogger(__name__)
+
+# how often Ray refs are polled while steps on step channels are also in flight (a migration's
+# end is seen at most this late)
+MIXED_POLL_S = 0.001
 
 
 @dataclass
@@ -173,39 +179,60 @@ class DisaggEngine:
         return outputs
 
     def _collect(self, timeout_s: float) -> list[Request]:
-        # NOTE: an instance's steps are listed in submission order, the order they complete in
-        pending: list[tuple[Any, list[Any]]] = [(i, s.refs) for i in self.instances
-                                                for s in i.inflight]
-        pending += [(m, m.refs) for m in self._migrations.values()]
-        refs = [ref for _, rs in pending for ref in rs]
-        if not refs:
-            time.sleep(min(timeout_s, 0.001))
-            return []
-        ray.wait(refs, num_returns=1, timeout=timeout_s)
-        ready = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
+        self._wait_any(timeout_s)
         updated: list[Request] = []
-        for item, rs in pending:
-            if not all(r in ready for r in rs):
-                continue
-            # NOTE: a failure handled earlier in this loop may have settled the item already
-            if isinstance(item, Migration):
-                if self._migrations.get(item.request.request_id) is item:
-                    self._complete_migration(item)
-            elif item.inflight and item.inflight[0].refs is rs:
-                updated += self._complete_step(item)
+        # NOTE: an instance's steps complete in submission order
+        for inst in self.instances:
+            while inst.inflight and inst.inflight[0].pending.done():
+                updated += self._complete_step(inst)
+        refs = [r for m in self._migrations.values() for r in m.refs]
+        if refs:
+            ready = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0])
+            for m in list(self._migrations.values()):
+                # NOTE: a failure handled earlier in this loop may have settled it already
+                if (all(r in ready for r in m.refs)
+                        and self._migrations.get(m.request.request_id) is m):
+                    self._complete_migration(m)
         return updated
+
+    def _wait_any(self, timeout_s: float) -> None:
+        """Block until a step or migration may have finished, at most `timeout_s`. Steps on
+        step channels wake on their sockets; Ray refs (migrations, steps of Ray-task
+        instances) are polled every MIXED_POLL_S while channel steps are also in flight."""
+        steps = [s.pending for i in self.instances for s in i.inflight]
+        heads = [i.inflight[0].pending for i in self.instances if i.inflight]
+        if any(p.done() for p in heads if p.channels):  # a reply read earlier, a broken channel
+            return
+        conns = list({id(c): c.conn for p in steps for c in p.channels if c.expecting}.values())
+        refs = [r for p in steps for r in p.refs]
+        refs += [r for m in self._migrations.values() for r in m.refs]
+        if not refs:
+            if conns:
+                wait_connections(conns, timeout_s)
+            else:
+                time.sleep(min(timeout_s, 0.001))
+            return
+        if not conns:
+            ray.wait(refs, num_returns=1, timeout=timeout_s)
+            return
+        deadline = time.monotonic() + timeout_s
+        while not ray.wait(refs, num_returns=1, timeout=0)[0]:
+            left = deadline - time.monotonic()
+            if left <= 0 or wait_connections(conns, min(left, MIXED_POLL_S)):
+                return
 
     def _complete_step(self, inst: StageEngine) -> list[Request]:
         step = inst.inflight.pop(0)  # NOTE: a worker runs its steps in submission order
         try:
-            result = ray.get(step.refs, timeout=self.disagg.step_timeout_s)[0]
-        except ray.exceptions.RayError as e:
+            result = step.pending.result(self.disagg.step_timeout_s)
+        except WorkerLost as e:
             inst.scheduler.release_step(step.scheduler_output)
-            if isinstance(e, ray.exceptions.RayActorError):
-                self._kill_instance(inst, f"worker of {inst.name} died: {e}")
-            else:
-                ids = [r.request_id for r in step.scheduler_output.scheduled]
-                self._fail(inst, ids, f"{inst.name} step failed: {e}")
+            self._kill_instance(inst, f"worker of {inst.name} died: {e}")
+            return []
+        except StepFailed as e:
+            inst.scheduler.release_step(step.scheduler_output)
+            ids = [r.request_id for r in step.scheduler_output.scheduled]
+            self._fail(inst, ids, f"{inst.name} step failed: {e}")
             return []
         updated = inst.scheduler.update_from_output(step.scheduler_output, result.output)
         if inst.kind == "prefill":
@@ -275,6 +302,7 @@ class DisaggEngine:
         for step in inst.inflight:  # NOTE: never coming back; their blocks are free to go
             inst.scheduler.release_step(step.scheduler_output)
         inst.dead_reason, inst.inflight = reason, []
+        inst.close()
         self._fail(inst, list(inst.scheduler.requests), reason)
         for m in [m for m in self._migrations.values() if inst in (m.src, m.dst)]:
             self._complete_migration(m, error=reason)
@@ -297,4 +325,6 @@ class DisaggEngine:
 
     def shutdown(self) -> None:
         """Kill every worker and free the placement groups (Ray itself keeps running)."""
+        for inst in self.instances:
+            inst.close()
         ray_cluster.destroy([i.ray for i in self.instances])

@@ -97,29 +97,26 @@ class RayTimer(StepTimer):
     def time_step(self, scheduler_output: SchedulerOutput) -> float:
         """A prefill step: submit to result (the engine waits it out). A decode step of an
         instance that keeps more than one step in flight (async scheduling): the interval
-        between results with its pipeline full, as the engine runs it (the Ray round trip and
-        the driver's work overlap the worker's step)."""
-        import ray
-
+        between results with its pipeline full, as the engine runs it (the round trip and the
+        driver's work overlap the worker's step)."""
         inst = self.decode if scheduler_output.decodes else self.prefill
         if scheduler_output.decodes and inst.pp == 1 and inst.max_inflight > 1:
             return self._pipelined(inst, scheduler_output)
         t0 = time.perf_counter()
-        ray.get(inst.submit(scheduler_output), timeout=self.timeout_s)
+        inst.submit(scheduler_output).result(self.timeout_s)
         return time.perf_counter() - t0
 
     def _pipelined(self, inst, scheduler_output: SchedulerOutput,  # noqa: ANN001
                    steps: int = PIPELINED_STEPS) -> float:
-        import ray
-
-        refs = [inst.submit(scheduler_output) for _ in range(inst.max_inflight)]
-        ray.get(refs.pop(0), timeout=self.timeout_s)
+        inflight = [inst.submit(scheduler_output) for _ in range(inst.max_inflight)]
+        inflight.pop(0).result(self.timeout_s)
         t0 = time.perf_counter()
         for _ in range(steps):
-            refs.append(inst.submit(scheduler_output))
-            ray.get(refs.pop(0), timeout=self.timeout_s)
+            inflight.append(inst.submit(scheduler_output))
+            inflight.pop(0).result(self.timeout_s)
         seconds = (time.perf_counter() - t0) / steps
-        ray.get([r for step in refs for r in step], timeout=self.timeout_s)
+        for step in inflight:
+            step.result(self.timeout_s)
         return seconds
 
     def kv_capacity_tokens(self) -> int:

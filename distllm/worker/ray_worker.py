@@ -4,7 +4,9 @@ assigns each peer: gloo, NCCL or CUDA IPC).
 
 Two concurrency groups, one thread each: "compute" (cache moves and forwards, in submission
 order) and "migrate" (KV sends / receives, in submission order). A migration touches only blocks
-that no forward uses until it completes, so the two may overlap.
+that no forward uses until it completes, so the two may overlap. With a step channel open
+(`open_step_channel`; instances with pp = 1), the forwards arrive over it instead and run on its
+thread, still in submission order; "compute" then only loads the model and sizes the cache.
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ class RayWorker:
         self.worker: Any = None  # distllm.worker.worker.Worker, built by load_model
         self.rank = -1  # global rank in the world group
         self.transport: kv_transport.KVTransport | None = None
+        self.step_server: Any = None  # distllm.worker.step_channel.StepServer, once opened
 
     def master_address(self) -> tuple[str, int]:
         """(ip, free port) for the world group's store, when this worker is rank 0."""
@@ -111,6 +114,19 @@ class RayWorker:
         ids = [r.request_id for r in scheduler_output.prefills]
         return StepResult(out, self.worker.runner.generator_states(ids))
 
+    def open_step_channel(self, authkey: bytes, driver_node_id: str | None = None
+                          ) -> tuple[str, Any]:
+        """Listen for the driver's step channel (distllm.worker.step_channel): a Unix socket
+        when the driver runs on this node (`driver_node_id`: its Ray node id), TCP on this
+        node's address otherwise. Returns (family, address) to connect to."""
+        from distllm.distributed.process_groups import node_ip
+        from distllm.worker.step_channel import StepServer
+
+        same_node = driver_node_id is None or driver_node_id == _node_id()
+        self.step_server = StepServer(self.execute_model, authkey,
+                                      host=None if same_node else node_ip())
+        return self.step_server.family, self.step_server.address
+
     def send_kv(self, block_ids: list[int], transfers: list[SlabTransfer],
                 dst_ranks: list[int]) -> int:
         """Send this worker's slabs of `block_ids`; `dst_ranks[i]` is the global rank of
@@ -144,6 +160,13 @@ class RayWorker:
         from distllm.distributed.process_groups import destroy_world
 
         destroy_world()
+
+
+def _node_id() -> str | None:
+    try:
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray
+        return None
 
 
 # NOTE: the remote class; the plain class above stays importable and testable without Ray.

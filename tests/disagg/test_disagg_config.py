@@ -82,3 +82,19 @@ def test_async_scheduling_flag(tmp_path: Path) -> None:
                                 "colocated": {"tp": 1, "pp": 1, "instances": 2}}))
     d = DisaggConfig.from_cli_args(_parse(["--placement", str(path), "--no-async-scheduling"]))
     assert not d.async_scheduling and d.num_decode_instances == 2
+
+
+def test_worker_rpc_flag(tmp_path: Path) -> None:
+    assert DisaggConfig().worker_rpc == "channel"
+    assert DisaggConfig.from_cli_args(_parse(["--mode", "colocated"])).worker_rpc == "channel"
+    d = DisaggConfig.from_cli_args(_parse(["--mode", "disaggregated", "--worker-rpc", "ray"]))
+    assert d.worker_rpc == "ray"
+    path = tmp_path / "placement.json"
+    path.write_text(json.dumps({"model": "m", "mode": "colocated",
+                                "colocated": {"tp": 1, "pp": 1, "instances": 2}}))
+    d = DisaggConfig.from_cli_args(_parse(["--placement", str(path), "--worker-rpc", "ray"]))
+    assert d.worker_rpc == "ray" and d.num_decode_instances == 2
+    with pytest.raises(SystemExit):  # argparse refuses an unknown choice
+        _parse(["--worker-rpc", "zmq"])
+    with pytest.raises(ValueError, match="--worker-rpc"):
+        DisaggConfig(worker_rpc="zmq")

@@ -19,6 +19,9 @@ PLACEMENTS = {
     "p-pp2-d-tp2": dict(mode="disaggregated", prefill_pp=2, decode_tp=2),
     "2p-1d": dict(mode="disaggregated", num_prefill_instances=2),
     "colocated-tp2": dict(mode="colocated", decode_tp=2),
+    # steps as a Ray task per worker instead of the step channel (instances with pp = 1)
+    "p1-d1-ray": dict(mode="disaggregated", worker_rpc="ray"),
+    "colocated-tp2-ray": dict(mode="colocated", decode_tp=2, worker_rpc="ray"),
 }
 
 
@@ -52,5 +55,8 @@ def test_outputs_match_reference(ray_cluster: None, tiny_gqa: Path, prompts: lis
         else:
             assert llm.engine.stats()["migrated_bytes"] == 0
         assert_all_blocks_free(llm)
+        rpc = PLACEMENTS[placement].get("worker_rpc", "channel")
+        for inst in llm.engine.instances:
+            assert (inst.channels is not None) == (rpc == "channel" and inst.pp == 1), inst.name
     finally:
         llm.shutdown()

@@ -23,6 +23,12 @@ FORBIDDEN = {  # pattern -> why
     r"shell\s*=\s*True": "shell injection",
 }
 
+# (file, pattern) -> why it is safe there. The step channel unpickles only what comes from a
+# peer that passed the channel's HMAC challenge (a random per-instance key the driver hands its
+# workers through Ray, whose own RPC pickles as well); its Unix socket sits in a 0700
+# directory. test_step_channel checks that a wrong key is refused before anything is read.
+ALLOWED = {("worker/step_channel.py", r"pickle\.loads?\("): "authenticated driver <-> worker"}
+
 
 def _sources() -> list[Path]:
     return sorted(p for p in SOURCE_ROOT.rglob("*.py") if "__pycache__" not in p.parts)
@@ -31,6 +37,7 @@ def _sources() -> list[Path]:
 @pytest.mark.parametrize("pattern", list(FORBIDDEN))
 def test_no_unsafe_deserialization_in_the_package(pattern: str) -> None:
     hits = [f"{p.relative_to(SOURCE_ROOT)}:{n}" for p in _sources()
+            if (p.relative_to(SOURCE_ROOT).as_posix(), pattern) not in ALLOWED
             for n, line in enumerate(p.read_text().splitlines(), 1)
             if re.search(pattern, line) and not line.lstrip().startswith("#")]
     assert not hits, f"{FORBIDDEN[pattern]}: {hits}"
