@@ -29,8 +29,8 @@ the fair share with the frontend's load gives ~80 % of that. Two bare workers on
 (evaluation/bench_contention.py) slow a prefill by 0-56 % and a decode step by 0-33 %, varying
 from run to run. Coefficients come from `distllm profile` (that two-worker measurement,
 distllm.profiler.contention) or are fitted to served rounds (simdist.calibrate.fit_contention:
-0.15 prefill, 0.05 decode on top of the fair share, disaggregated, in the validation run behind
-the shipped cpu-demo profile; 0.10 / 0.00 the run before).
+0.30 prefill, 0.05 decode on top of the fair share, disaggregated, in the validation run behind
+the shipped cpu-demo profile; 0.15 / 0.05 and 0.10 / 0.00 in earlier runs).
 Absent coefficients are 0: the same simulation, bit for bit, as before they existed.
 
 Absent section: no HostModel is built and every step is exactly the profiled one.
