@@ -10,7 +10,7 @@ scheduler puts a request in at most one step in flight (its next token depends o
 one) and shares the running decodes out among the steps. With pp=1, decode and colocated
 instances schedule asynchronously (DisaggConfig.async_scheduling): the next decode step is
 submitted while one runs, its requests fed the tokens the running step samples, so the worker
-does not sit idle through the Ray round trip and the driver's bookkeeping.
+does not sit idle through the round trip and the driver's bookkeeping.
 
 How a step reaches the workers (DisaggConfig.worker_rpc): "channel" (default) sends instances
 with pp = 1 their steps over a socket per worker (distllm.worker.step_channel: ~10x less driver

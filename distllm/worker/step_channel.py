@@ -190,5 +190,6 @@ class StepChannel:
 
     def _broke(self, e: BaseException) -> None:
         if self.error is None:
-            self.error = (f"{self.name} died: its step channel closed "
-                          f"({type(e).__name__}{': ' + str(e) if str(e) else ''})")
+            self.error = (f"the step channel to {self.name} closed "
+                          f"({type(e).__name__}{': ' + str(e) if str(e) else ''}): its process "
+                          "is gone")
