@@ -13,8 +13,9 @@ submitted while one runs, its requests fed the tokens the running step samples, 
 does not sit idle through the round trip and the driver's bookkeeping.
 
 How a step reaches the workers (DisaggConfig.worker_rpc): "channel" (default) sends instances
-with pp = 1 their steps over a socket per worker (distllm.worker.step_channel: ~10x less driver
-CPU and latency than a Ray task per step); "ray", and every instance with pp > 1 (its stages
+with pp = 1 their steps over a socket per worker (distllm.worker.step_channel; on the 2-core
+host a quarter of the driver CPU per step and half the round trip of a Ray task per step,
+evaluation/bench_step_rpc.py); "ray", and every instance with pp > 1 (its stages
 pass hidden states as object refs), submits a Ray task per worker and step. Either way
 `submit` returns a PendingStep.
 """
