@@ -181,7 +181,10 @@ def contention_lines(host: dict) -> list[str]:
             f"{host.get('contention_prefill', 0.0):.2f}, decode "
             f"{host.get('contention_decode', 0.0):.2f}")
     fit = host.get("measured", {}).get("contention_fit")
-    if fit:
+    if fit and fit.get("method") == "quantiles":
+        line += (f"; fitted to the rounds' p50/p90 TTFT and TPOT: squared relative error "
+                 f"{fit['loss']:.3f} (without contention {fit['loss_without']:.3f})")
+    elif fit:
         real, sim0 = fit["real_log_contrast"], fit["sim_log_contrast_without"]
         nan = float("nan")
         line += "; fitted: real log slowdown busy/idle " + ", ".join(

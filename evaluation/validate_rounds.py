@@ -150,17 +150,23 @@ def calibration_rates(cfg: argparse.Namespace) -> list[float]:
 def host_with_contention(cfg: argparse.Namespace, host: dict, profile: object,
                          rounds: list[tuple], roles: tuple[str, ...]) -> dict:
     """The pooled host section plus contention coefficients (simdist.host): with
-    --fit-contention and a prefill + decode pair, fitted to the calibration rounds
-    (simdist.calibrate.fit_contention); else the profile's own (absent: 0). NOTE: colocated
-    rounds do not say which instance ran a step, so their contrasts mix a mixed step's own
-    prefill with the other instance's; they are not fitted."""
-    from simdist.calibrate import fit_contention, with_host
+    --fit-contention, fitted to the calibration rounds by --contention-fit (quantiles:
+    simdist.calibrate.fit_contention_quantiles, any mode; contrast:
+    simdist.calibrate.fit_contention, a prefill + decode pair only, as colocated rounds do not
+    say which instance ran a step); else the profile's own (absent: 0)."""
+    from simdist.calibrate import fit_contention, fit_contention_quantiles, with_host
 
     keys = ("contention_prefill", "contention_decode")
     out = {**host, **{k: v for k, v in (profile.host or {}).items() if k in keys}}
-    if cfg.fit_contention and tuple(roles) == ("prefill", "decode"):
+    method = getattr(cfg, "contention_fit", "quantiles")
+    fit = None
+    if cfg.fit_contention and method == "quantiles":
+        fit = fit_contention_quantiles(with_host(profile, out), cfg.profile_model, rounds,
+                                       roles, sched_spec())
+    elif cfg.fit_contention and tuple(roles) == ("prefill", "decode"):
         fit = fit_contention(with_host(profile, out), cfg.profile_model, rounds, roles,
                              sched_spec())
+    if fit is not None:
         out.update({k: fit[k] for k in keys})
         out["measured"] = {**out.get("measured", {}), "contention_fit": fit}
     return out

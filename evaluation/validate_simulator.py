@@ -263,8 +263,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(frontend per step, load generator per token, other load) and put it "
                         "in the calibrated profile's host section (simdist.host)")
     p.add_argument("--fit-contention", action=argparse.BooleanOptionalAction, default=True,
-                   help="with --host: fit the host's contention coefficients (disaggregated) "
-                        "to the calibration rounds (simdist.calibrate.fit_contention)")
+                   help="with --host: fit the host's contention coefficients to the "
+                        "calibration rounds (--contention-fit)")
+    p.add_argument("--contention-fit", choices=("quantiles", "contrast"), default="quantiles",
+                   help="quantiles: the pair whose calibrated simulation matches the rounds' "
+                        "p50/p90 TTFT and TPOT best, any mode "
+                        "(simdist.calibrate.fit_contention_quantiles); contrast: busy/idle "
+                        "slowdowns, disaggregated only (simdist.calibrate.fit_contention)")
     p.add_argument("--ttft-slo-ms", type=float, default=None)
     p.add_argument("--tpot-slo-ms", type=float, default=None)
     p.add_argument("-o", "--output-dir", default="evaluation/results/validate_simulator")

@@ -137,3 +137,28 @@ def test_fit_contention_recovers_the_coefficients_of_simulated_rounds() -> None:
     with pytest.raises(ValueError, match="host section"):
         fit_contention(LatencyProfile.from_dict(
             {k: v for k, v in prof.to_dict().items() if k != "host"}), MODEL, rounds, ROLES)
+
+
+@pytest.mark.parametrize("roles", [ROLES, ("colocated", "colocated")])
+def test_fit_contention_quantiles_recovers_the_coefficients_of_simulated_rounds(
+        roles: tuple[str, str]) -> None:
+    """'Real' rounds simulated with contention 0.3 (prefill) and 0.2 (decode): the quantile
+    fit of the contention-free profile lands on that grid point (its loss 0; colocated rounds
+    too, which the contrast fit cannot use); rounds without contention give (0, 0)."""
+    from simdist.calibrate import fit_contention_quantiles, latency_quantiles, with_host
+
+    host = {"cores": 2, "frontend_cpu_ms_per_step": 1.0}
+    prof = with_host(plain_demo_profile(), host)
+    truth = with_host(prof, {**host, "contention_prefill": 0.3, "contention_decode": 0.2})
+    traces = [_trace(rate, seed, 40) for rate, seed in ((6.0, 0), (12.0, 1))]
+    rounds = [(t, simulate_trace(t, roles, truth, MODEL)) for t in traces]
+    fit = fit_contention_quantiles(prof, MODEL, rounds, roles)
+    assert (fit["contention_prefill"], fit["contention_decode"]) == (0.3, 0.2)
+    assert fit["loss"] < 1e-9 < fit["loss_without"]
+    assert fit["real_quantiles_ms"][0] == latency_quantiles(rounds[0][1])
+    plain = [(t, simulate_trace(t, roles, prof, MODEL)) for t in traces]
+    none = fit_contention_quantiles(prof, MODEL, plain, roles)
+    assert (none["contention_prefill"], none["contention_decode"]) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="host section"):
+        fit_contention_quantiles(LatencyProfile.from_dict(
+            {k: v for k, v in prof.to_dict().items() if k != "host"}), MODEL, rounds, roles)
