@@ -116,22 +116,31 @@ def test_decode_step_ms_is_decode_only_and_absent_is_bit_identical() -> None:
     assert cost.prefill_extra(10, 100) == base.prefill_extra(10, 100)
 
 
-def test_fit_contention_recovers_the_coefficients_of_simulated_rounds() -> None:
-    """'Real' rounds simulated with contention_prefill 0.3 and contention_decode 0.2 on a host
-    section: fitting the contention-free profile to their contrasts finds both on the grid;
-    rounds simulated without contention give 0."""
-    from simdist.calibrate import fit_contention, with_host
+def _contention_rounds(roles: tuple[str, ...], rates: tuple[float, float]
+                       ) -> tuple[LatencyProfile, list[tuple], list[tuple]]:
+    """A contention-free profile with a host section, and rounds at `rates` simulated with
+    contention_prefill 0.3 / contention_decode 0.2 ('real') and without."""
+    from simdist.calibrate import with_host
 
     host = {"cores": 2, "frontend_cpu_ms_per_step": 1.0}
     prof = with_host(plain_demo_profile(), host)
     truth = with_host(prof, {**host, "contention_prefill": 0.3, "contention_decode": 0.2})
-    traces = [_trace(rate, seed, 40) for rate, seed in ((3.0, 0), (6.0, 1))]
-    rounds = [(t, simulate_trace(t, ROLES, truth, MODEL)) for t in traces]
+    traces = [_trace(rate, seed, 40) for seed, rate in enumerate(rates)]
+    return (prof, [(t, simulate_trace(t, roles, truth, MODEL)) for t in traces],
+            [(t, simulate_trace(t, roles, prof, MODEL)) for t in traces])
+
+
+def test_fit_contention_recovers_the_coefficients_of_simulated_rounds() -> None:
+    """'Real' rounds simulated with contention_prefill 0.3 and contention_decode 0.2 on a host
+    section: fitting the contention-free profile to their contrasts finds both on the grid;
+    rounds simulated without contention give 0."""
+    from simdist.calibrate import fit_contention
+
+    prof, rounds, plain = _contention_rounds(ROLES, (3.0, 6.0))
     fit = fit_contention(prof, MODEL, rounds, ROLES)
     assert fit["contention_prefill"] == pytest.approx(0.3, abs=0.051)
     assert fit["contention_decode"] == pytest.approx(0.2, abs=0.051)
     assert fit["real_log_contrast"]["prefill"] > fit["sim_log_contrast_without"]["prefill"]
-    plain = [(t, simulate_trace(t, ROLES, prof, MODEL)) for t in traces]
     none = fit_contention(prof, MODEL, plain, ROLES)
     assert none["contention_prefill"] == 0.0 and none["contention_decode"] == 0.0
     with pytest.raises(ValueError, match="host section"):
@@ -145,18 +154,13 @@ def test_fit_contention_quantiles_recovers_the_coefficients_of_simulated_rounds(
     """'Real' rounds simulated with contention 0.3 (prefill) and 0.2 (decode): the quantile
     fit of the contention-free profile lands on that grid point (its loss 0; colocated rounds
     too, which the contrast fit cannot use); rounds without contention give (0, 0)."""
-    from simdist.calibrate import fit_contention_quantiles, latency_quantiles, with_host
+    from simdist.calibrate import fit_contention_quantiles, latency_quantiles
 
-    host = {"cores": 2, "frontend_cpu_ms_per_step": 1.0}
-    prof = with_host(plain_demo_profile(), host)
-    truth = with_host(prof, {**host, "contention_prefill": 0.3, "contention_decode": 0.2})
-    traces = [_trace(rate, seed, 40) for rate, seed in ((6.0, 0), (12.0, 1))]
-    rounds = [(t, simulate_trace(t, roles, truth, MODEL)) for t in traces]
+    prof, rounds, plain = _contention_rounds(roles, (6.0, 12.0))
     fit = fit_contention_quantiles(prof, MODEL, rounds, roles)
     assert (fit["contention_prefill"], fit["contention_decode"]) == (0.3, 0.2)
     assert fit["loss"] < 1e-9 < fit["loss_without"]
     assert fit["real_quantiles_ms"][0] == latency_quantiles(rounds[0][1])
-    plain = [(t, simulate_trace(t, roles, prof, MODEL)) for t in traces]
     none = fit_contention_quantiles(prof, MODEL, plain, roles)
     assert (none["contention_prefill"], none["contention_decode"]) == (0.0, 0.0)
     with pytest.raises(ValueError, match="host section"):
