@@ -289,7 +289,7 @@ def fit_contention(profile: LatencyProfile, model_name: str, rounds: Sequence[tu
             "sim_log_contrast_without": {k: sims.get((k, 0.0)) for k in coef}}
 
 
-QUANTILE_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)  # per coefficient; the fit tries all pairs
+QUANTILE_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 2.0)  # per coefficient; all pairs tried
 QUANTILE_KEYS = ("p50_ttft", "p90_ttft", "p50_tpot", "p90_tpot")
 
 
