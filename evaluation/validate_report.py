@@ -13,18 +13,14 @@ TERMS = ("queueing", "prefill", "transfer", "decode")
 
 
 def metrics_of(exp_path: Path, slo: tuple[float, float]) -> dict:
-    from distllm.metrics import percentile, slo_attainment
+    from distllm.metrics import slo_attainment
     from evaluation.exp_format import load_exp
-    from simdist.calibrate import lifecycle_terms
+    from simdist.calibrate import latency_quantiles, lifecycle_terms
 
     run = load_exp(exp_path)
-    ok = [r for r in run.records if r.ok]
-    out = {"attainment": slo_attainment(run.records, *slo), "completed": len(ok),
-           "failed": len(run.records) - len(ok)}
-    for name in ("ttft", "tpot"):
-        values = [getattr(r, name) for r in ok]
-        for q in (50, 90):
-            out[f"p{q}_{name}_ms"] = 1e3 * percentile(values, q) if values else float("nan")
+    completed = sum(r.ok for r in run.records)
+    out = {"attainment": slo_attainment(run.records, *slo), "completed": completed,
+           "failed": len(run.records) - completed, **latency_quantiles(run.records)}
     out["terms_ms"] = lifecycle_terms(run.records, run.lifetimes)
     return out
 

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from distllm.metrics import RequestRecord
+from distllm.metrics import RequestRecord, percentile
 from distllm.request import Lifetime
 from simdist.cluster import ClusterSpec, InstanceSpec, SchedulerSpec, simulate
 from simdist.profile import LatencyProfile
@@ -101,13 +101,28 @@ def with_host(profile: LatencyProfile, host: dict | None) -> LatencyProfile:
     return LatencyProfile.from_dict(d, source=profile.source)
 
 
+def exp_records(exp: dict) -> list[RequestRecord]:
+    """The RequestRecord of every request of a `.exp` dict (ours or simdist's), in its order."""
+    return [RequestRecord(q["prompt_len"], q["output_len"], q["start_time"], q["end_time"],
+                          q.get("token_timestamps") or [], q.get("error"))
+            for q in exp["requests"]]
+
+
 def exp_request_terms(exp: dict) -> list[dict[str, float] | None]:
     """request_terms of every request of a `.exp` dict (ours or simdist's), in its order."""
-    out = []
-    for q in exp["requests"]:
-        rec = RequestRecord(q["prompt_len"], q["output_len"], q["start_time"], q["end_time"],
-                            q.get("token_timestamps") or [], q.get("error"))
-        out.append(request_terms(rec, Lifetime.from_json(q.get("lifecycle_events") or [])))
+    return [request_terms(rec, Lifetime.from_json(q.get("lifecycle_events") or []))
+            for rec, q in zip(exp_records(exp), exp["requests"], strict=True)]
+
+
+def latency_quantiles(records: Sequence[RequestRecord]) -> dict[str, float]:
+    """p50 / p90 TTFT and TPOT (ms) of the finished requests, as the validation reports them
+    (evaluation/validate_report.metrics_of); nan without any."""
+    ok = [r for r in records if r.ok]
+    out = {}
+    for name in ("ttft", "tpot"):
+        values = [getattr(r, name) for r in ok]
+        for q in (50, 90):
+            out[f"p{q}_{name}_ms"] = 1e3 * percentile(values, q) if values else float("nan")
     return out
 
 
@@ -290,20 +305,7 @@ def fit_contention(profile: LatencyProfile, model_name: str, rounds: Sequence[tu
 
 
 QUANTILE_GRID = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 2.0)  # per coefficient; all pairs tried
-QUANTILE_KEYS = ("p50_ttft", "p90_ttft", "p50_tpot", "p90_tpot")
-
-
-def latency_quantiles(exp: dict) -> dict[str, float]:
-    """p50 / p90 TTFT and TPOT (ms) of a run's finished requests (TPOT: those with >= 2
-    tokens)."""
-    reqs = [r for r in exp["requests"] if not r.get("error")]
-    ttft = [1e3 * r["ttft"] for r in reqs if r.get("ttft") is not None]
-    tpot = [1e3 * r["tpot"] for r in reqs if r.get("tpot")]
-    out = {}
-    for name, xs in (("ttft", ttft), ("tpot", tpot)):
-        for q in (50, 90):
-            out[f"p{q}_{name}"] = float(np.percentile(xs, q)) if xs else float("nan")
-    return out
+QUANTILE_KEYS = ("p50_ttft_ms", "p90_ttft_ms", "p50_tpot_ms", "p90_tpot_ms")
 
 
 def quantile_loss(real: Sequence[dict], sim: Sequence[dict]) -> float:
@@ -328,14 +330,15 @@ def fit_contention_quantiles(profile: LatencyProfile, model_name: str,
     if not profile.host:
         raise ValueError("fit_contention_quantiles needs a profile with a host section")
     samples = [(t, exp_request_terms(e)) for t, e in rounds]
-    real = [latency_quantiles(e) for _, e in rounds]
+    real = [latency_quantiles(exp_records(e)) for _, e in rounds]
     losses: dict[tuple[float, float], float] = {}
     for cp in grid:
         for cd in grid:
             host = {**profile.host, "contention_prefill": cp, "contention_decode": cd}
             calib = LatencyProfile.from_dict(
                 calibrate(with_host(profile, host), model_name, samples, roles, sched))
-            sim = [latency_quantiles(simulate_trace(t, roles, calib, model_name, sched))
+            sim = [latency_quantiles(exp_records(simulate_trace(t, roles, calib, model_name,
+                                                                sched)))
                    for t, _ in rounds]
             losses[cp, cd] = quantile_loss(real, sim)
     best = min(losses, key=lambda k: (losses[k], k[0] + k[1], k))

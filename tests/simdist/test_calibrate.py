@@ -154,13 +154,13 @@ def test_fit_contention_quantiles_recovers_the_coefficients_of_simulated_rounds(
     """'Real' rounds simulated with contention 0.3 (prefill) and 0.2 (decode): the quantile
     fit of the contention-free profile lands on that grid point (its loss 0; colocated rounds
     too, which the contrast fit cannot use); rounds without contention give (0, 0)."""
-    from simdist.calibrate import fit_contention_quantiles, latency_quantiles
+    from simdist.calibrate import exp_records, fit_contention_quantiles, latency_quantiles
 
     prof, rounds, plain = _contention_rounds(roles, (6.0, 12.0))
     fit = fit_contention_quantiles(prof, MODEL, rounds, roles)
     assert (fit["contention_prefill"], fit["contention_decode"]) == (0.3, 0.2)
     assert fit["loss"] < 1e-9 < fit["loss_without"]
-    assert fit["real_quantiles_ms"][0] == latency_quantiles(rounds[0][1])
+    assert fit["real_quantiles_ms"][0] == latency_quantiles(exp_records(rounds[0][1]))
     none = fit_contention_quantiles(prof, MODEL, plain, roles)
     assert (none["contention_prefill"], none["contention_decode"]) == (0.0, 0.0)
     with pytest.raises(ValueError, match="host section"):
