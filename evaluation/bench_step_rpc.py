@@ -57,17 +57,9 @@ def measure(timer: object, batch: int, context_len: int, steps: int) -> dict[str
         t0 = time.perf_counter()
         inst.submit(so).result(timeout)
         trips.append(time.perf_counter() - t0)
-    inflight = [inst.submit(so) for _ in range(inst.max_inflight)]
-    inflight.pop(0).result(timeout)
-    c0, t0 = time.process_time(), time.perf_counter()
-    for _ in range(steps):
-        inflight.append(inst.submit(so))
-        inflight.pop(0).result(timeout)
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    for step in inflight:
-        step.result(timeout)
-    return {"round_trip_ms": 1e3 * statistics.median(trips), "pipelined_ms": 1e3 * wall / steps,
-            "driver_cpu_ms": 1e3 * cpu / steps}
+    wall, cpu = timer.pipelined(inst, so, steps)  # type: ignore[attr-defined]
+    return {"round_trip_ms": 1e3 * statistics.median(trips), "pipelined_ms": 1e3 * wall,
+            "driver_cpu_ms": 1e3 * cpu}
 
 
 def bench(ns: argparse.Namespace, model_dir: Path) -> dict:

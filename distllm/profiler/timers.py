@@ -101,23 +101,25 @@ class RayTimer(StepTimer):
         driver's work overlap the worker's step)."""
         inst = self.decode if scheduler_output.decodes else self.prefill
         if scheduler_output.decodes and inst.pp == 1 and inst.max_inflight > 1:
-            return self._pipelined(inst, scheduler_output)
+            return self.pipelined(inst, scheduler_output)[0]
         t0 = time.perf_counter()
         inst.submit(scheduler_output).result(self.timeout_s)
         return time.perf_counter() - t0
 
-    def _pipelined(self, inst, scheduler_output: SchedulerOutput,  # noqa: ANN001
-                   steps: int = PIPELINED_STEPS) -> float:
+    def pipelined(self, inst, scheduler_output: SchedulerOutput,  # noqa: ANN001
+                  steps: int = PIPELINED_STEPS) -> tuple[float, float]:
+        """(wall, driver CPU) seconds per step of `inst` with its pipeline full: `steps`
+        results, each followed by the next submission."""
         inflight = [inst.submit(scheduler_output) for _ in range(inst.max_inflight)]
         inflight.pop(0).result(self.timeout_s)
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         for _ in range(steps):
             inflight.append(inst.submit(scheduler_output))
             inflight.pop(0).result(self.timeout_s)
-        seconds = (time.perf_counter() - t0) / steps
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         for step in inflight:
             step.result(self.timeout_s)
-        return seconds
+        return wall / steps, cpu / steps
 
     def kv_capacity_tokens(self) -> int:
         return self.decode.block_manager.num_blocks * self.config.cache.block_size
