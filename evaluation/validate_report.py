@@ -56,6 +56,27 @@ def real_spread(runs: list[dict]) -> dict | None:
     return out
 
 
+MEDIAN_SE = 1.2533  # standard error of a median / of a mean, normal noise (sqrt(pi / 2))
+
+
+def real_stderr(runs: list[dict]) -> dict | None:
+    """Standard error of the reported real figures (medians over the rounds; None with one
+    round): attainment in points, p90 TTFT / TPOT relative to their median. An error of a
+    perfect simulation scatters this much around 0, so a target tighter than about twice it
+    cannot be told from the host's noise in this run (more --repeats shrink it as 1/sqrt(n))."""
+    if len(runs) < 2:
+        return None
+    n = len(runs)
+    out = {"attainment_pp": 100 * MEDIAN_SE * float(np.std([r["attainment"] for r in runs],
+                                                          ddof=1)) / np.sqrt(n)}
+    for key in ("p90_ttft_ms", "p90_tpot_ms"):
+        values = [r[key] for r in runs]
+        mid = float(np.median(values))
+        sd = float(np.std(values, ddof=1))
+        out[key.replace("_ms", "_rel")] = MEDIAN_SE * sd / np.sqrt(n) / mid if mid else 0.0
+    return out
+
+
 def within_spread(err: dict, spread: dict | None) -> bool | None:
     """Every error of `passes` within the target or within the real rounds' own spread."""
     if spread is None:
@@ -119,6 +140,15 @@ def format_report(report: dict) -> str:
     if any(r.get("real_spread") for rows in report["modes"].values() for r in rows):
         lines.append("spread: real rounds of the same trace, max - min (attainment pp; p90 TTFT / "
                      "TPOT % of their median); 'noise' marks a miss inside that spread")
+    ses = [r["real_stderr"] for rows in report["modes"].values() for r in rows
+           if r.get("real_stderr")]
+    if ses:
+        med = {k: float(np.median([s[k] for s in ses])) for k in ses[0]}
+        lines.append(f"noise: standard error of the real medians, median over the rows: "
+                     f"attainment {med['attainment_pp']:.1f} pp, p90 TTFT "
+                     f"{100 * med['p90_ttft_rel']:.1f} %, p90 TPOT {100 * med['p90_tpot_rel']:.1f}"
+                     f" % (targets 5 pp, 10 %); schedule: "
+                     f"{report.get('meta', {}).get('schedule', 'sequential')}")
     return "\n".join(lines + host_lines(report))
 
 

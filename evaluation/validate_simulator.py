@@ -45,6 +45,7 @@ from evaluation.validate_report import (  # noqa: E402,F401 - re-exported (demo,
     passes,
     plot,
     real_spread,
+    real_stderr,
     within_spread,
 )
 from evaluation.validate_rounds import (  # noqa: E402,F401 - re-exported (demo, tests)
@@ -98,17 +99,23 @@ def default_slo(profile: object, model_name: str, rows: list[dict]) -> tuple[flo
     return round(ttft, 1), round(tpot, 1)
 
 
-def calibrate_mode(cfg: argparse.Namespace, mode: str, server: Server, traces: dict,
-                   profile: object, slo: tuple[float, float]) -> dict:
-    """--calibrate-rounds rounds (each on its own trace, the quietest of --calibrate-tries):
-    the host section measured from each round's CPU use and pooled (--host), then the
-    profile's terms fitted to all rounds' requests together (simdist.calibrate)."""
+def calibration_round(cfg: argparse.Namespace, mode: str, server: Server, traces: dict,
+                      slo: tuple[float, float], k: int) -> tuple[Path, dict]:
+    """Calibration round k on its own trace (the quietest of --calibrate-tries): its `.exp`
+    and the CPU use of the host over it."""
+    out = Path(cfg.output_dir) / mode / "calibrate" / f"round-{k}"
+    return quietest_round(cfg, mode, server, traces[f"calibrate-{k}"], slo, out)
+
+
+def fit_calibration(cfg: argparse.Namespace, mode: str, traces: dict, profile: object,
+                    rounds: list[tuple[Path, dict]]) -> dict:
+    """The profile fitted to the calibration rounds (calibration_round's, in order): the host
+    section measured from each round's CPU use and pooled (--host), then the profile's terms
+    fitted to all rounds' requests together (simdist.calibrate)."""
     from simdist.calibrate import calibrate, exp_request_terms, with_host
 
     roles, samples, hosts, exps = MODES[mode][1], [], [], []
-    for k in range(cfg.calibrate_rounds):
-        out = Path(cfg.output_dir) / mode / "calibrate" / f"round-{k}"
-        path, cpu = quietest_round(cfg, mode, server, traces[f"calibrate-{k}"], slo, out)
+    for k, (path, cpu) in enumerate(rounds):
         trace = _read_trace(traces[f"calibrate-{k}"])
         if cfg.host:
             hosts.append(measured_host(path, cpu, trace, roles, profile, cfg.profile_model))
@@ -128,18 +135,29 @@ def calibrate_mode(cfg: argparse.Namespace, mode: str, server: Server, traces: d
     return calib
 
 
-def rate_row(cfg: argparse.Namespace, mode: str, server: Server, trace_path: Path,
-             rate: float, slo: tuple[float, float], profiles: dict) -> dict:
-    """Real rounds (median of --repeats) vs each simulated profile at one rate."""
+def calibrate_mode(cfg: argparse.Namespace, mode: str, server: Server, traces: dict,
+                   profile: object, slo: tuple[float, float]) -> dict:
+    """--calibrate-rounds calibration rounds back to back, then fit_calibration."""
+    rounds = [calibration_round(cfg, mode, server, traces, slo, k)
+              for k in range(cfg.calibrate_rounds)]
+    return fit_calibration(cfg, mode, traces, profile, rounds)
+
+
+def real_round(cfg: argparse.Namespace, mode: str, server: Server, trace_path: Path,
+               rate: float, slo: tuple[float, float], k: int) -> dict:
+    """Real round k at `rate`: its metrics and the cores the host kept busy over it."""
+    out = Path(cfg.output_dir) / mode / f"rate-{rate:g}" / f"real-{k}"
+    path, cpu = measured_round(server, trace_path, cfg.num_requests, slo, out, f"{mode}-real")
+    wall = max(cpu.pop("wall"), 1e-9)
+    return {**metrics_of(path, slo), "host_cores": {key: v / wall for key, v in cpu.items()}}
+
+
+def score_row(cfg: argparse.Namespace, mode: str, trace_path: Path, rate: float,
+              slo: tuple[float, float], profiles: dict, runs: list[dict]) -> dict:
+    """The real rounds of one rate (median over them) vs each simulated profile."""
     from simdist.results import write_exp
 
-    out, runs = Path(cfg.output_dir) / mode / f"rate-{rate:g}", []
-    for k in range(cfg.repeats):
-        path, cpu = measured_round(server, trace_path, cfg.num_requests, slo,
-                                   out / f"real-{k}", f"{mode}-real")
-        wall = max(cpu.pop("wall"), 1e-9)
-        runs.append({**metrics_of(path, slo),
-                     "host_cores": {key: v / wall for key, v in cpu.items()}})
+    out = Path(cfg.output_dir) / mode / f"rate-{rate:g}"
     real, trace, row = median_metrics(runs), _read_trace(trace_path), {"rate": rate}
     for key, prof in profiles.items():
         sim_path = out / f"{key}.exp"
@@ -152,24 +170,54 @@ def rate_row(cfg: argparse.Namespace, mode: str, server: Server, trace_path: Pat
     spread = real_spread(runs)
     return {**row, "real": real, "error": err, "pass": passes(err),
             "real_spread": spread, "within_spread": within_spread(err, spread),
-            "error_raw": compare(real, row["sim_raw"])}
+            "real_stderr": real_stderr(runs), "error_raw": compare(real, row["sim_raw"])}
+
+
+def schedule(cfg: argparse.Namespace) -> list[tuple]:
+    """Order of a mode's real rounds: ("calibrate", k) and ("rate", rate, k) items. sequential:
+    the calibration rounds, then each rate's --repeats rounds back to back. interleaved: pass k
+    runs calibration round k (while any are left), then round k of every rate, the rates'
+    order rotated by k, so that a drift of the host's speed over the run (this host's steps
+    slow down or speed up by 30 % within minutes) hits the calibration and every rate alike
+    instead of showing up as an error that grows with the rate."""
+    m = cfg.calibrate_rounds if cfg.calibrate else 0
+    if cfg.schedule == "sequential":
+        return ([("calibrate", k) for k in range(m)]
+                + [("rate", rate, k) for rate in cfg.rates for k in range(cfg.repeats)])
+    out: list[tuple] = []
+    for k in range(max(m, cfg.repeats)):
+        if k < m:
+            out.append(("calibrate", k))
+        if k < cfg.repeats:
+            shift = k % len(cfg.rates)
+            out += [("rate", rate, k) for rate in cfg.rates[shift:] + cfg.rates[:shift]]
+    return out
 
 
 def run_mode(cfg: argparse.Namespace, mode: str, traces: dict, profile: object,
              slo: tuple[float, float]) -> dict:
-    """Warm up, calibrate (optional, on its own trace), then every rate: real vs simulated."""
+    """Warm up, run the real rounds in schedule() order (calibration rounds on their own
+    traces), then fit the calibration and score every rate: real vs simulated."""
     from simdist.profile import LatencyProfile
 
     out, calib = Path(cfg.output_dir) / mode, None
     profiles = {"sim_raw": profile}
+    cal_rounds: list[tuple[Path, dict]] = []
+    runs: dict[float, list[dict]] = {rate: [] for rate in cfg.rates}
     with Server(cfg.model, MODES[mode][0]) as server:
         run_real(traces["warmup"], cfg.warmup_requests, server.port, slo, out / "warmup",
                  f"{mode}-warmup")
-        if cfg.calibrate:
-            calib = calibrate_mode(cfg, mode, server, traces, profile, slo)
-            profiles["sim"] = LatencyProfile.from_dict(calib)
-        rows = [rate_row(cfg, mode, server, traces[rate], rate, slo, profiles)
-                for rate in cfg.rates]
+        for item in schedule(cfg):
+            if item[0] == "calibrate":
+                cal_rounds.append(calibration_round(cfg, mode, server, traces, slo, item[1]))
+            else:
+                _, rate, k = item
+                runs[rate].append(real_round(cfg, mode, server, traces[rate], rate, slo, k))
+    if cfg.calibrate:
+        calib = fit_calibration(cfg, mode, traces, profile, cal_rounds)
+        profiles["sim"] = LatencyProfile.from_dict(calib)
+    rows = [score_row(cfg, mode, traces[rate], rate, slo, profiles, runs[rate])
+            for rate in cfg.rates]
     return {"rows": rows, "calibrated_profile": calib}
 
 
@@ -243,6 +291,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="warm-up round per server, at the calibration rate")
     p.add_argument("--repeats", type=int, default=1,
                    help="real rounds per rate (medians reported; the host's noise is large)")
+    p.add_argument("--schedule", choices=("interleaved", "sequential"), default="interleaved",
+                   help="order of a mode's real rounds: interleaved (default) takes the "
+                        "calibration rounds and the rates' repeats in turns, so a drift of the "
+                        "host's speed hits them alike; sequential: calibration first, then "
+                        "each rate's repeats back to back")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arrival", default="poisson", choices=("poisson", "gamma", "uniform"))
     p.add_argument("--cv", type=float, default=1.0)

@@ -109,6 +109,37 @@ def test_median_metrics_over_repeated_rounds() -> None:
     assert "runs" not in vs.median_metrics([run(0.5, 30.0)])
 
 
+def test_real_stderr_of_the_medians() -> None:
+    runs = [{"attainment": 0.9, "p90_ttft_ms": 100.0, "p90_tpot_ms": 10.0},
+            {"attainment": 0.8, "p90_ttft_ms": 120.0, "p90_tpot_ms": 10.0},
+            {"attainment": 0.7, "p90_ttft_ms": 140.0, "p90_tpot_ms": 10.0}]
+    se = vs.real_stderr(runs)
+    k = 1.2533 / np.sqrt(3)  # sd 0.1 / 20 ms / 0; medians 0.8 / 120 ms / 10 ms
+    assert se["attainment_pp"] == pytest.approx(100 * 0.1 * k)
+    assert se["p90_ttft_rel"] == pytest.approx(20 * k / 120)
+    assert se["p90_tpot_rel"] == 0.0
+    assert vs.real_stderr(runs[:1]) is None
+
+
+def test_schedule_interleaves_calibration_and_rates() -> None:
+    cfg = vs.parse_args(["--rates", "3,6,9", "--repeats", "3", "--calibrate-rounds", "2"])
+    assert cfg.schedule == "interleaved"
+    assert vs.schedule(cfg) == [
+        ("calibrate", 0), ("rate", 3.0, 0), ("rate", 6.0, 0), ("rate", 9.0, 0),
+        ("calibrate", 1), ("rate", 6.0, 1), ("rate", 9.0, 1), ("rate", 3.0, 1),
+        ("rate", 9.0, 2), ("rate", 3.0, 2), ("rate", 6.0, 2)]
+    cfg.schedule = "sequential"
+    assert vs.schedule(cfg) == [("calibrate", 0), ("calibrate", 1)] + [
+        ("rate", r, k) for r in (3.0, 6.0, 9.0) for k in range(3)]
+    # more calibration rounds than repeats; no calibration at all
+    cfg = vs.parse_args(["--rates", "4", "--calibrate-rounds", "3"])
+    assert vs.schedule(cfg) == [("calibrate", 0), ("rate", 4.0, 0), ("calibrate", 1),
+                                ("calibrate", 2)]
+    cfg = vs.parse_args(["--rates", "4,8", "--repeats", "2", "--no-calibrate"])
+    assert vs.schedule(cfg) == [("rate", 4.0, 0), ("rate", 8.0, 0), ("rate", 8.0, 1),
+                                ("rate", 4.0, 1)]
+
+
 def test_real_spread_and_misses_inside_it() -> None:
     runs = [{"attainment": 0.9, "p90_ttft_ms": 100.0, "p90_tpot_ms": 10.0},
             {"attainment": 0.8, "p90_ttft_ms": 130.0, "p90_tpot_ms": 11.0}]
