@@ -189,7 +189,7 @@ def host_lines(report: dict) -> list[str]:
                          f"{host['frontend_cpu_ms_per_token']:.3f} ms/token, other load "
                          f"{host['background_cores']:.2f} cores, frontend latency "
                          f"{host.get('frontend_latency_ms', 0.0):.1f} ms")
-            lines += contention_lines(host)
+            lines += contention_lines(host) + jitter_lines(host)
     for mode, rows in report["modes"].items():
         cores = [(r["rate"], r["real"].get("host_cores")) for r in rows]
         text = ", ".join(f"{rate:g}: {c['worker']:.2f}/{c['frontend']:.2f}/{c['loadgen']:.2f}/"
@@ -216,4 +216,19 @@ def contention_lines(host: dict) -> list[str]:
         line += "; fitted: real log slowdown busy/idle " + ", ".join(
             f"{k} {real[k]:.2f} (sim without {nan if sim0[k] is None else sim0[k]:.2f})"
             for k in ("prefill", "decode"))
+    return [line]
+
+
+def jitter_lines(host: dict) -> list[str]:
+    """The host's jitter and, when measured, the replay pair it came from."""
+    if not host.get("jitter_sd"):
+        return []
+    line = (f"  jitter: speed log-sd {host['jitter_sd']:.2f}, correlation time "
+            f"{host.get('jitter_ms', 1000.0):.0f} ms")
+    fit = host.get("measured", {}).get("jitter_fit")
+    if fit and "sim" in fit:
+        line += (f"; measured on calibration rounds {fit['rounds'][0]} and {fit['rounds'][1]} "
+                 f"(same trace): per-request TPOT noise {fit['real']['sd']:.3f}, neighbour "
+                 f"correlation {fit['real']['rho']:+.2f} (simulated pairs "
+                 f"{fit['sim']['sd']:.3f}, {fit['sim']['rho']:+.2f})")
     return [line]

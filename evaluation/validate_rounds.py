@@ -139,7 +139,8 @@ def pooled_host(hosts: list[dict]) -> dict:
 
 def calibration_rates(cfg: argparse.Namespace) -> list[float]:
     """Rate of each calibration round: --calibrate-rate, then (1 - spread) and (1 + spread)
-    times it, cycling. NOTE: rounds at one rate see about the same batches, so the decode fit
+    times it, cycling; rounds at one rate replay one trace (the 4th the 1st's: the pair
+    fit_jitter measures the host's jitter on). NOTE: rounds at one rate see about the same batches, so the decode fit
     cannot tell a fixed per-step cost from a scale (simdist.calibrate.decode_fit); the second
     round goes lower, where this host's rounds are also the least noisy."""
     rate = cfg.calibrate_rate or float(np.median(cfg.rates))
@@ -149,15 +150,29 @@ def calibration_rates(cfg: argparse.Namespace) -> list[float]:
 
 def host_with_contention(cfg: argparse.Namespace, host: dict, profile: object,
                          rounds: list[tuple], roles: tuple[str, ...]) -> dict:
-    """The pooled host section plus contention coefficients (simdist.host): with
-    --fit-contention, fitted to the calibration rounds by --contention-fit (quantiles:
+    """The pooled host section plus jitter and contention (simdist.host). Jitter (with
+    --fit-jitter, when two calibration rounds replayed one trace): measured from that pair
+    (simdist.calibrate.fit_jitter). Contention coefficients, with --fit-contention, fitted to
+    the calibration rounds (with the jitter) by --contention-fit (quantiles:
     simdist.calibrate.fit_contention_quantiles, any mode; contrast:
     simdist.calibrate.fit_contention, a prefill + decode pair only, as colocated rounds do not
     say which instance ran a step); else the profile's own (absent: 0)."""
-    from simdist.calibrate import fit_contention, fit_contention_quantiles, with_host
+    from simdist.calibrate import (
+        fit_contention,
+        fit_contention_quantiles,
+        fit_jitter,
+        with_host,
+    )
 
     keys = ("contention_prefill", "contention_decode")
     out = {**host, **{k: v for k, v in (profile.host or {}).items() if k in keys}}
+    pair = replay_pair(rounds)
+    if getattr(cfg, "fit_jitter", False) and pair is not None:
+        (trace, a), (_, b) = rounds[pair[0]], rounds[pair[1]]
+        jit = fit_jitter(with_host(profile, out), cfg.profile_model, trace, a, b, roles,
+                         sched_spec())
+        out.update(jitter_sd=jit["jitter_sd"], jitter_ms=jit["jitter_ms"], jitter_seed=0.0)
+        out["measured"] = {**out.get("measured", {}), "jitter_fit": {**jit, "rounds": pair}}
     method = getattr(cfg, "contention_fit", "quantiles")
     fit = None
     if cfg.fit_contention and method == "quantiles":
@@ -170,3 +185,12 @@ def host_with_contention(cfg: argparse.Namespace, host: dict, profile: object,
         out.update({k: fit[k] for k in keys})
         out["measured"] = {**out.get("measured", {}), "contention_fit": fit}
     return out
+
+
+def replay_pair(rounds: list[tuple]) -> tuple[int, int] | None:
+    """Indices of the first two rounds `[(trace, exp)]` that replayed the same trace."""
+    for j in range(len(rounds)):
+        for i in range(j):
+            if rounds[i][0] == rounds[j][0]:
+                return i, j
+    return None

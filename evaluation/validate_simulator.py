@@ -59,6 +59,7 @@ from evaluation.validate_rounds import (  # noqa: E402,F401 - re-exported (demo,
     measured_round,
     pooled_host,
     quietest_round,
+    replay_pair,
     run_real,
     sched_spec,
 )
@@ -160,9 +161,13 @@ def score_row(cfg: argparse.Namespace, mode: str, trace_path: Path, rate: float,
     out = Path(cfg.output_dir) / mode / f"rate-{rate:g}"
     real, trace, row = median_metrics(runs), _read_trace(trace_path), {"rate": rate}
     for key, prof in profiles.items():
-        sim_path = out / f"{key}.exp"
-        write_exp(simulate_trace(trace, mode, prof, cfg.profile_model), sim_path)
-        row[key] = metrics_of(sim_path, slo)
+        sims = []
+        for seed in jitter_seeds(prof, len(runs)):
+            sim_path = out / (f"{key}.exp" if seed == 0 else f"{key}-seed{seed}.exp")
+            write_exp(simulate_trace(trace, mode, seeded(prof, seed), cfg.profile_model),
+                      sim_path)
+            sims.append(metrics_of(sim_path, slo))
+        row[key] = median_metrics(sims)
     row.setdefault("sim", row["sim_raw"])
     err = compare(real, row["sim"])
     logger.info("%s rate %g: attainment real %.2f sim %.2f", mode, rate, real["attainment"],
@@ -171,6 +176,22 @@ def score_row(cfg: argparse.Namespace, mode: str, trace_path: Path, rate: float,
     return {**row, "real": real, "error": err, "pass": passes(err),
             "real_spread": spread, "within_spread": within_spread(err, spread),
             "real_stderr": real_stderr(runs), "error_raw": compare(real, row["sim_raw"])}
+
+
+def jitter_seeds(profile: object, num_real: int) -> range:
+    """Seeds to simulate a row with: with host jitter (simdist.host) as many as there are real
+    rounds, whose median the row reports (the same estimator on both sides); else one."""
+    host = getattr(profile, "host", None) or {}
+    return range(max(1, num_real) if host.get("jitter_sd", 0.0) > 0 else 1)
+
+
+def seeded(profile: object, seed: int) -> object:
+    """The profile with its host jitter seeded by `seed` (seed 0 or no jitter: as is)."""
+    from simdist.calibrate import with_host
+
+    if seed == 0:
+        return profile
+    return with_host(profile, {**profile.host, "jitter_seed": float(seed)})
 
 
 def schedule(cfg: argparse.Namespace) -> list[tuple]:
@@ -234,8 +255,9 @@ def write_traces(cfg: argparse.Namespace, rows: list[dict]) -> dict:
     # NOTE: a loaded warm-up: the first loaded round after start-up runs slow (the quiet run's
     # calibration round after 4 warm-up requests: prefill +25 %, decode +10-30 %)
     specs["warmup"] = (cfg.warmup_requests, calibrate_rate, cfg.seed + 1)
-    for k, rate in enumerate(calibration_rates(cfg)):
-        specs[f"calibrate-{k}"] = (cfg.num_requests, rate, cfg.seed + 2 + k)
+    rates = calibration_rates(cfg)
+    for k, rate in enumerate(rates):  # one trace per rate: equal rates replay it
+        specs[f"calibrate-{k}"] = (cfg.num_requests, rate, cfg.seed + 2 + rates.index(rate))
     paths = {}
     for key, (n, rate, seed) in specs.items():
         trace = make_trace(rows, n, rate, seed, cfg.arrival, cfg.cv)
@@ -304,8 +326,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="scale the profile's terms to a calibration round (its own trace) "
                         "before simulating; the raw profile's errors are reported too")
     p.add_argument("--calibrate-rate", type=float, default=None, help="default: median rate")
-    p.add_argument("--calibrate-rounds", type=int, default=2,
-                   help="calibration rounds, each on its own trace; their requests are pooled")
+    p.add_argument("--calibrate-rounds", type=int, default=4,
+                   help="calibration rounds (rates: see --calibrate-rate-spread; rounds at one "
+                        "rate replay one trace, the pair --fit-jitter needs); their requests "
+                        "are pooled")
     p.add_argument("--calibrate-rate-spread", type=float, default=0.5,
                    help="rounds after the first run at (1 - s), (1 + s) x the calibration rate "
                         "(cycling): different batch sizes identify the fixed per-step cost")
@@ -318,6 +342,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fit-contention", action=argparse.BooleanOptionalAction, default=True,
                    help="with --host: fit the host's contention coefficients to the "
                         "calibration rounds (--contention-fit)")
+    p.add_argument("--fit-jitter", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --host: measure the host's jitter (simdist.host) from two "
+                        "calibration rounds that replayed one trace (needs --calibrate-rounds "
+                        ">= 4); rows are then simulated with as many seeds as real rounds")
     p.add_argument("--contention-fit", choices=("quantiles", "contrast"), default="quantiles",
                    help="quantiles: the pair whose calibrated simulation matches the rounds' "
                         "p50/p90 TTFT and TPOT best, any mode "

@@ -24,6 +24,11 @@ Two fits of the host section's contention coefficients (simdist.host: a step las
   too fast under load); fitted to the calibration rounds' quantiles instead, held-out p90 TPOT
   errors fell from -14..-42 % to -3..-34 % (colocated) and 3 of 4 disaggregated rates came
   within target instead of 1 (offline on that run's rounds).
+
+`fit_jitter` measures the host section's jitter (simdist.host: the host's wandering speed) from
+two real replays of one trace: how far the same request's TPOT moves between them, and how
+much neighbouring requests move together; the grid point whose simulated replay pairs disagree
+alike wins.
 """
 from __future__ import annotations
 
@@ -345,3 +350,75 @@ def fit_contention_quantiles(profile: LatencyProfile, model_name: str,
     return {"contention_prefill": best[0], "contention_decode": best[1], "method": "quantiles",
             "loss": losses[best], "loss_without": losses.get((0.0, 0.0)),
             "real_quantiles_ms": real}
+
+
+JITTER_SD_GRID = tuple(round(0.05 * i, 2) for i in range(11))  # 0 .. 0.5
+JITTER_MS_GRID = (30.0, 100.0, 300.0, 1000.0, 3000.0)
+JITTER_SEED_PAIRS = 3  # simulated replay pairs per grid point
+
+
+def replay_pair_stats(a: Sequence[RequestRecord], b: Sequence[RequestRecord]) -> dict:
+    """How two replays of one trace disagree request by request: d = log TPOT_a - log TPOT_b
+    of every request with a TPOT in both; `sd`: the noise of one replay (1.4826 MAD(d) /
+    sqrt 2, robust to a few stalls), `rho`: the rank correlation of d between requests
+    adjacent in the trace (the noise is the host's: neighbours share it), `n` requests."""
+    if len(a) != len(b):
+        raise ValueError(f"replays of one trace differ in length: {len(a)} vs {len(b)}")
+    d = np.array([np.log(x.tpot / y.tpot) if x.ok and y.ok and x.tpot > 0 and y.tpot > 0
+                  else np.nan for x, y in zip(a, b, strict=True)])
+    ok = d[np.isfinite(d)]
+    if len(ok) < 3:
+        return {"sd": float("nan"), "rho": float("nan"), "n": int(len(ok))}
+    sd = 1.4826 * float(np.median(np.abs(ok - np.median(ok)))) / np.sqrt(2.0)
+    pairs = np.isfinite(d[:-1]) & np.isfinite(d[1:])
+    rho = 0.0
+    if pairs.sum() >= 3 and np.ptp(d[:-1][pairs]) > 0 and np.ptp(d[1:][pairs]) > 0:
+        from scipy.stats import spearmanr
+
+        rho = float(spearmanr(d[:-1][pairs], d[1:][pairs]).statistic)
+    return {"sd": sd, "rho": rho, "n": int(len(ok))}
+
+
+def _pooled_pair_stats(pairs: Sequence[tuple]) -> dict:
+    """replay_pair_stats of several replay pairs of one trace, pooled (median sd and rho)."""
+    stats = [replay_pair_stats(a, b) for a, b in pairs]
+    return {"sd": float(np.median([s["sd"] for s in stats])),
+            "rho": float(np.median([s["rho"] for s in stats])), "n": stats[0]["n"]}
+
+
+def fit_jitter(profile: LatencyProfile, model_name: str, trace: Sequence[dict],
+               real_a: dict, real_b: dict, roles: Sequence[str],
+               sched: SchedulerSpec | None = None, sd_grid: Sequence[float] = JITTER_SD_GRID,
+               ms_grid: Sequence[float] = JITTER_MS_GRID) -> dict:
+    """The host jitter (simdist.host: jitter_sd, jitter_ms) of `profile`'s host section from
+    two real replays of one trace (`.exp` dicts): the grid point whose simulated replay pairs
+    (JITTER_SEED_PAIRS, seeds 1..6) disagree like the real pair (replay_pair_stats: the
+    per-request TPOT noise and its correlation between neighbours; loss = squared relative
+    error of sd + squared error of rho). Measured, not fitted to latencies: it is the
+    noise the host puts between two runs of the same requests."""
+    if not profile.host:
+        raise ValueError("fit_jitter needs a profile with a host section")
+    real = replay_pair_stats(exp_records(real_a), exp_records(real_b))
+    if not np.isfinite(real["sd"]) or real["sd"] <= 0:
+        return {"jitter_sd": 0.0, "jitter_ms": float(ms_grid[0]), "real": real,
+                "note": "the replays do not disagree (or too few requests): no jitter"}
+
+    def records(sd: float, ms: float, seed: int) -> list[RequestRecord]:
+        host = {**profile.host, "jitter_sd": sd, "jitter_ms": ms, "jitter_seed": seed}
+        return exp_records(simulate_trace(trace, roles, with_host(profile, host), model_name,
+                                          sched))
+
+    losses, sims = {}, {}
+    for ms in ms_grid:
+        for sd in sd_grid:
+            if sd == 0 and ms != ms_grid[0]:
+                continue  # without jitter the correlation time does not matter
+            sim = ({"sd": 0.0, "rho": 0.0} if sd == 0 else _pooled_pair_stats(
+                [(records(sd, ms, 2 * j + 1), records(sd, ms, 2 * j + 2))
+                 for j in range(JITTER_SEED_PAIRS)]))
+            sims[sd, ms] = sim
+            losses[sd, ms] = (((sim["sd"] - real["sd"]) / real["sd"]) ** 2
+                              + (sim["rho"] - real["rho"]) ** 2)
+    best = min(losses, key=lambda k: (losses[k], k))
+    return {"jitter_sd": best[0], "jitter_ms": best[1], "real": real, "sim": sims[best],
+            "loss": losses[best], "note": "fit"}

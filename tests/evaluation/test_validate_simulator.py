@@ -27,6 +27,19 @@ def test_trace_draws_the_same_requests_at_every_rate() -> None:
     assert vs.make_trace(ROWS, 12, 1.0, seed=4, arrival="poisson", cv=1.0) != slow
 
 
+def test_calibration_rounds_at_one_rate_replay_one_trace(tmp_path) -> None:
+    """The 4th calibration round replays the 1st's trace (the pair the jitter is measured on);
+    rounds at other rates, and the rate rows, get traces of their own."""
+    cfg = vs.parse_args(["--rates", "3,6", "-o", str(tmp_path)])
+    cfg.num_requests = 12
+    paths = vs.write_traces(cfg, ROWS)
+    text = {k: Path(p).read_text() for k, p in paths.items()}
+    assert text["calibrate-0"] == text["calibrate-3"]
+    assert len({text["calibrate-0"], text["calibrate-1"], text["calibrate-2"]}) == 3
+    rounds = [(vs._read_trace(paths[f"calibrate-{k}"]), {}) for k in range(4)]
+    assert vs.replay_pair(rounds) == (0, 3) and vs.replay_pair(rounds[:3]) is None
+
+
 def test_calibration_recovers_known_scale_factors() -> None:
     """'Real' = the simulation with a profile whose prefill is 1.5x and decode 1.2x slower and
     transfers 2x slower; calibrating the original profile to it finds those factors."""
@@ -182,7 +195,7 @@ def test_calibration_round_is_repeated_while_the_host_is_busy(monkeypatch, tmp_p
 
 def test_calibration_rounds_rates_and_pooled_host() -> None:
     cfg = vs.parse_args(["--rates", "3,6,9,12"])
-    assert cfg.calibrate_rounds == 2 and vs.calibration_rates(cfg) == [7.5, 3.75]
+    assert cfg.calibrate_rounds == 4 and vs.calibration_rates(cfg) == [7.5, 3.75, 11.25, 7.5]
     cfg = vs.parse_args(["--calibrate-rate", "4", "--calibrate-rounds", "4"])
     assert vs.calibration_rates(cfg) == [4.0, 2.0, 6.0, 4.0]
     cfg = vs.parse_args(["--calibrate-rounds", "3", "--calibrate-rate-spread", "0"])
