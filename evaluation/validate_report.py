@@ -220,15 +220,20 @@ def contention_lines(host: dict) -> list[str]:
 
 
 def jitter_lines(host: dict) -> list[str]:
-    """The host's jitter and, when measured, the replay pair it came from."""
-    if not host.get("jitter_sd"):
-        return []
-    line = (f"  jitter: speed log-sd {host['jitter_sd']:.2f}, correlation time "
-            f"{host.get('jitter_ms', 1000.0):.0f} ms")
-    fit = host.get("measured", {}).get("jitter_fit")
-    if fit and "sim" in fit:
-        line += (f"; measured on calibration rounds {fit['rounds'][0]} and {fit['rounds'][1]} "
-                 f"(same trace): per-request TPOT noise {fit['real']['sd']:.3f}, neighbour "
-                 f"correlation {fit['real']['rho']:+.2f} (simulated pairs "
-                 f"{fit['sim']['sd']:.3f}, {fit['sim']['rho']:+.2f})")
-    return [line]
+    """How far two calibration replays of one trace disagreed, and the host jitter (when
+    fitted or set)."""
+    lines = []
+    noise = host.get("measured", {}).get("replay_noise")
+    if noise:
+        lines.append(f"  replay noise: calibration rounds {noise['rounds'][0]} and "
+                     f"{noise['rounds'][1]} (same trace): per-request TPOT log-sd "
+                     f"{noise['sd']:.3f}, neighbour correlation {noise['rho']:+.2f}")
+    if host.get("jitter_sd"):
+        line = (f"  jitter: speed log-sd {host['jitter_sd']:.2f}, correlation time "
+                f"{host.get('jitter_ms', 1000.0):.0f} ms")
+        fit = host.get("measured", {}).get("jitter_fit")
+        if fit and "sim" in fit:
+            line += (f"; fitted to that pair (simulated pairs: {fit['sim']['sd']:.3f}, "
+                     f"{fit['sim']['rho']:+.2f})")
+        lines.append(line)
+    return lines

@@ -150,29 +150,36 @@ def calibration_rates(cfg: argparse.Namespace) -> list[float]:
 
 def host_with_contention(cfg: argparse.Namespace, host: dict, profile: object,
                          rounds: list[tuple], roles: tuple[str, ...]) -> dict:
-    """The pooled host section plus jitter and contention (simdist.host). Jitter (with
-    --fit-jitter, when two calibration rounds replayed one trace): measured from that pair
-    (simdist.calibrate.fit_jitter). Contention coefficients, with --fit-contention, fitted to
+    """The pooled host section plus jitter and contention (simdist.host). When two calibration
+    rounds replayed one trace, how far they disagree request by request is recorded
+    (measured.replay_noise: simdist.calibrate.replay_pair_stats) and, with --fit-jitter, the
+    host jitter fitted to it (simdist.calibrate.fit_jitter). Contention coefficients, with --fit-contention, fitted to
     the calibration rounds (with the jitter) by --contention-fit (quantiles:
     simdist.calibrate.fit_contention_quantiles, any mode; contrast:
     simdist.calibrate.fit_contention, a prefill + decode pair only, as colocated rounds do not
     say which instance ran a step); else the profile's own (absent: 0)."""
     from simdist.calibrate import (
+        exp_records,
         fit_contention,
         fit_contention_quantiles,
         fit_jitter,
+        replay_pair_stats,
         with_host,
     )
 
     keys = ("contention_prefill", "contention_decode")
     out = {**host, **{k: v for k, v in (profile.host or {}).items() if k in keys}}
     pair = replay_pair(rounds)
-    if getattr(cfg, "fit_jitter", False) and pair is not None:
+    if pair is not None:
         (trace, a), (_, b) = rounds[pair[0]], rounds[pair[1]]
-        jit = fit_jitter(with_host(profile, out), cfg.profile_model, trace, a, b, roles,
-                         sched_spec())
-        out.update(jitter_sd=jit["jitter_sd"], jitter_ms=jit["jitter_ms"], jitter_seed=0.0)
-        out["measured"] = {**out.get("measured", {}), "jitter_fit": {**jit, "rounds": pair}}
+        noise = replay_pair_stats(exp_records(a), exp_records(b))
+        out["measured"] = {**out.get("measured", {}),
+                           "replay_noise": {**noise, "rounds": list(pair)}}
+        if getattr(cfg, "fit_jitter", False):
+            jit = fit_jitter(with_host(profile, out), cfg.profile_model, trace, a, b, roles,
+                             sched_spec())
+            out.update(jitter_sd=jit["jitter_sd"], jitter_ms=jit["jitter_ms"], jitter_seed=0.0)
+            out["measured"]["jitter_fit"] = {**jit, "rounds": list(pair)}
     method = getattr(cfg, "contention_fit", "quantiles")
     fit = None
     if cfg.fit_contention and method == "quantiles":

@@ -166,3 +166,48 @@ def test_fit_contention_quantiles_recovers_the_coefficients_of_simulated_rounds(
     with pytest.raises(ValueError, match="host section"):
         fit_contention_quantiles(LatencyProfile.from_dict(
             {k: v for k, v in prof.to_dict().items() if k != "host"}), MODEL, rounds, roles)
+
+
+def test_replay_pair_stats() -> None:
+    from distllm.metrics import RequestRecord
+    from simdist.calibrate import replay_pair_stats
+
+    def rec(tpot_ms: float) -> RequestRecord:  # 3 tokens, tpot_ms apart
+        return RequestRecord(10, 3, 0.0, 1.0, [0.1, 0.1 + tpot_ms / 1e3, 0.1 + tpot_ms / 5e2])
+
+    from scipy.stats import spearmanr
+
+    a = [rec(4.0) for _ in range(8)]
+    same = replay_pair_stats(a, a)
+    assert same["sd"] == 0.0 and same["rho"] == 0.0 and same["n"] == 8
+    # b slower by 20 % on requests 4..7: d = -log 1.2 there, 0 before; neighbours agree
+    b = [rec(4.8 if k >= 4 else 4.0) for k in range(8)]
+    st = replay_pair_stats(a, b)
+    step = [0, 0, 0, 0, 1, 1, 1, 1]
+    assert st["n"] == 8 and st["rho"] == pytest.approx(spearmanr(step[:-1], step[1:]).statistic)
+    assert st["rho"] > 0.4
+    assert st["sd"] == pytest.approx(1.4826 * np.log(1.2) / 2 / np.sqrt(2), rel=1e-6)
+    with pytest.raises(ValueError, match="length"):
+        replay_pair_stats(a, b[:3])
+
+
+def test_fit_jitter_recovers_the_jitter_of_simulated_replays() -> None:
+    """Two 'real' replays of one trace simulated with jitter sd 0.2 (seeds 101, 102): the fit
+    of the jitter-free profile lands near it; two identical replays give no jitter."""
+    from simdist.calibrate import fit_jitter, with_host
+
+    host = {"cores": 2, "frontend_cpu_ms_per_step": 1.0}
+    prof = with_host(plain_demo_profile(), host)
+    trace = _trace(8.0, 0, 80)
+
+    def replay(seed: float) -> dict:
+        h = {**host, "jitter_sd": 0.2, "jitter_ms": 300.0, "jitter_seed": seed}
+        return simulate_trace(trace, ROLES, with_host(prof, h), MODEL)
+
+    fit = fit_jitter(prof, MODEL, trace, replay(101.0), replay(102.0), ROLES)
+    assert fit["jitter_sd"] == pytest.approx(0.2, abs=0.101)
+    assert fit["real"]["sd"] > 0.05 and fit["real"]["rho"] > 0.1
+    assert fit["sim"]["sd"] == pytest.approx(fit["real"]["sd"], rel=0.35)
+    plain = simulate_trace(trace, ROLES, prof, MODEL)
+    none = fit_jitter(prof, MODEL, trace, plain, plain, ROLES)
+    assert none["jitter_sd"] == 0.0 and "no jitter" in none["note"]

@@ -148,3 +148,46 @@ def test_zero_or_absent_contention_keys_give_the_same_run_bit_for_bit() -> None:
     hit = simulate(spec, _with_host(prof, {**host, "contention_prefill": 0.5,
                                            "contention_decode": 0.5}), wl, 8.0)
     assert sum(hit.ttft_tpot()[1]) > sum(absent.ttft_tpot()[1])  # and the term does act
+
+
+def test_jitter_off_gives_the_same_run_bit_for_bit_and_seeds_are_exact() -> None:
+    prof = load_profile("cpu-demo")
+    wl = make_workload("sharegpt", 80, seed=1)
+    spec = ClusterSpec("distllm-demo", (InstanceSpec("prefill", gpus=(0,)),
+                                        InstanceSpec("decode", gpus=(1,))))
+    base = simulate(spec, prof, wl, 8.0)
+    off = simulate(spec, _with_host(prof, {**prof.host, "jitter_sd": 0.0, "jitter_ms": 50.0,
+                                           "jitter_seed": 3.0}), wl, 8.0)
+    assert _stamps(off) == _stamps(base)
+
+    def jittered(seed: float):  # noqa: ANN202
+        return simulate(spec, _with_host(prof, {**prof.host, "jitter_sd": 0.3,
+                                                "jitter_seed": seed}), wl, 8.0)
+
+    one = jittered(1.0)
+    assert _stamps(jittered(1.0)) == _stamps(one)  # seeded: exact
+    assert _stamps(jittered(2.0)) != _stamps(one) != _stamps(base)
+
+
+def test_host_jitter_is_a_stationary_ou_process_of_median_one() -> None:
+    """exp(x): x stationary with sd `sd`; samples `tau` apart correlate by 1/e, samples 10 tau
+    apart barely; at one instant every caller gets the same factor."""
+    import numpy as np
+
+    from simdist.host import HostJitter
+
+    def series(dt: float, n: int = 4000) -> np.ndarray:
+        j = HostJitter(0.25, 0.1, seed=7)
+        return np.log([j.factor(k * dt) for k in range(n)])
+
+    near, far = series(0.1), series(1.0)
+    assert np.std(far) == pytest.approx(0.25, rel=0.1)
+    assert abs(np.median(far)) < 0.03  # median factor 1
+    assert np.corrcoef(near[:-1], near[1:])[0, 1] == pytest.approx(np.exp(-1), abs=0.05)
+    assert abs(np.corrcoef(far[:-1], far[1:])[0, 1]) < 0.06
+    j = HostJitter(0.25, 0.1, seed=7)
+    assert j.factor(0.5) == j.factor(0.5) != j.factor(0.6)
+    with pytest.raises(ValueError, match="jitter_ms"):
+        HostSpec(cores=2, jitter_sd=0.2, jitter_ms=0.0)
+    with pytest.raises(ValueError, match="jitter_sd"):
+        HostSpec(cores=2, jitter_sd=-0.1)
