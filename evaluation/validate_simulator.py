@@ -11,10 +11,15 @@ Both sides see the same requests at the same send times: the trace (arrival_s) i
 rate from the seed and replayed by the load generator (`--arrival trace`) and by simdist. Modes
 on this 2-core CPU, as in evaluation/bench_disagg_cpu.py: disaggregated = 1 prefill + 1 decode
 instance, colocated = 2 colocated instances, one core (one torch thread) per worker. With
---calibrate (default) --calibrate-rounds rounds (default 2), each on its own trace, the second at
-a lower rate, fit the profile to the serving stack on their pooled requests (simdist.calibrate:
-prefill and transfer scaled, decode = scale * step + a fixed per-step cost); errors are
-reported for the calibrated and the raw profile. With --host (default) each calibration round
+--calibrate (default) --calibrate-rounds rounds (default 4: at 1, 0.5, 1.5 and again 1 x the
+calibration rate; rounds at one rate replay one trace) fit the profile to the serving stack on
+their pooled requests (simdist.calibrate: prefill and transfer scaled, decode = scale * step + a
+fixed per-step cost); errors are reported for the calibrated and the raw profile. The replayed
+trace measures the host's own noise (how far the same request's TPOT moves between two runs;
+with --fit-jitter the simulator's host jitter is fitted to it and rows are simulated with as
+many seeds as real rounds). --schedule interleaved (default) takes the calibration rounds and
+the rates' --repeats in turns, so a drift of the host's speed over the run hits them alike;
+each row reports the standard error of its real medians next to the targets. With --host (default) each calibration round
 also measures the host (distllm.profiler.host: the server's frontend CPU per step, the load
 generator's per token, other load, the frontend's TTFT latency); the median per key over the
 rounds becomes the calibrated profile's `host` section, so simulated steps stretch with the

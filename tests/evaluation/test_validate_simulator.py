@@ -134,6 +134,19 @@ def test_real_stderr_of_the_medians() -> None:
     assert vs.real_stderr(runs[:1]) is None
 
 
+def test_unbiased_pass_probability() -> None:
+    from evaluation.validate_report import unbiased_pass_probability
+
+    tight = {"attainment_pp": 1e-9, "p90_ttft_rel": 1e-9, "p90_tpot_rel": 0.0}
+    assert unbiased_pass_probability([tight] * 8) == pytest.approx(1.0)
+    # one term with its standard error at the tolerance: P(|N(0, 1)| <= 1) = 0.683
+    one = {**tight, "p90_ttft_rel": 0.10}
+    assert unbiased_pass_probability([one]) == pytest.approx(0.6827, abs=1e-4)
+    assert unbiased_pass_probability([one] * 2) == pytest.approx(0.6827 ** 2, abs=1e-4)
+    assert unbiased_pass_probability([{**tight, "attainment_pp": 2.5}]) == pytest.approx(
+        0.9545, abs=1e-4)
+
+
 def test_schedule_interleaves_calibration_and_rates() -> None:
     cfg = vs.parse_args(["--rates", "3,6,9", "--repeats", "3", "--calibrate-rounds", "2"])
     assert cfg.schedule == "interleaved"
