@@ -139,10 +139,10 @@ def pooled_host(hosts: list[dict]) -> dict:
 
 def calibration_rates(cfg: argparse.Namespace) -> list[float]:
     """Rate of each calibration round: --calibrate-rate, then (1 - spread) and (1 + spread)
-    times it, cycling; rounds at one rate replay one trace (the 4th the 1st's: the pair
-    fit_jitter measures the host's jitter on). NOTE: rounds at one rate see about the same batches, so the decode fit
-    cannot tell a fixed per-step cost from a scale (simdist.calibrate.decode_fit); the second
-    round goes lower, where this host's rounds are also the least noisy."""
+    times it, cycling; rounds at one rate replay one trace (the 4th the 1st's: the pair the
+    host's noise is measured on). NOTE: rounds at one rate see about the same batches, so the
+    decode fit cannot tell a fixed per-step cost from a scale (simdist.calibrate.decode_fit);
+    the second round goes lower, where this host's rounds are also the least noisy."""
     rate = cfg.calibrate_rate or float(np.median(cfg.rates))
     factors = (1.0, 1.0 - cfg.calibrate_rate_spread, 1.0 + cfg.calibrate_rate_spread)
     return [rate * factors[k % 3] for k in range(cfg.calibrate_rounds)]
@@ -153,8 +153,9 @@ def host_with_contention(cfg: argparse.Namespace, host: dict, profile: object,
     """The pooled host section plus jitter and contention (simdist.host). When two calibration
     rounds replayed one trace, how far they disagree request by request is recorded
     (measured.replay_noise: simdist.calibrate.replay_pair_stats) and, with --fit-jitter, the
-    host jitter fitted to it (simdist.calibrate.fit_jitter). Contention coefficients, with --fit-contention, fitted to
-    the calibration rounds (with the jitter) by --contention-fit (quantiles:
+    host jitter fitted to it (simdist.calibrate.fit_jitter). Contention coefficients, with
+    --fit-contention, fitted to the calibration rounds (with the jitter) by --contention-fit
+    (quantiles:
     simdist.calibrate.fit_contention_quantiles, any mode; contrast:
     simdist.calibrate.fit_contention, a prefill + decode pair only, as colocated rounds do not
     say which instance ran a step); else the profile's own (absent: 0)."""

@@ -19,13 +19,13 @@ trace measures the host's own noise (how far the same request's TPOT moves betwe
 with --fit-jitter the simulator's host jitter is fitted to it and rows are simulated with as
 many seeds as real rounds). --schedule interleaved (default) takes the calibration rounds and
 the rates' --repeats in turns, so a drift of the host's speed over the run hits them alike;
-each row reports the standard error of its real medians next to the targets. With --host (default) each calibration round
-also measures the host (distllm.profiler.host: the server's frontend CPU per step, the load
-generator's per token, other load, the frontend's TTFT latency); the median per key over the
-rounds becomes the calibrated profile's `host` section, so simulated steps stretch with the
-load (simdist.host). A 30-request warm-up at the calibration rate precedes the rounds (the first
-loaded round after start-up runs slow), and each round is repeated while other processes keep
-the host busy.
+each row reports the standard error of its real medians next to the targets. With --host
+(default) each calibration round also measures the host (distllm.profiler.host: the server's
+frontend CPU per step, the load generator's per token, other load, the frontend's TTFT
+latency); the median per key over the rounds becomes the calibrated profile's `host` section,
+so simulated steps stretch with the load (simdist.host). A 30-request warm-up at the
+calibration rate precedes the rounds (the first loaded round after start-up runs slow), and
+each round is repeated while other processes keep the host busy.
 """
 from __future__ import annotations
 

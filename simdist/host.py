@@ -44,8 +44,12 @@ behind the numbers above). Every step is stretched by a factor exp(x(t)) (median
 Ornstein-Uhlenbeck process with stationary standard deviation `jitter_sd` and correlation time
 `jitter_ms`, sampled at step starts and shared by every instance of the host, drawn from a
 generator seeded by `jitter_seed`: a run stays a function of its inputs, and replays with
-different seeds give the spread of real rounds (evaluation/validate_simulator.py simulates as
-many seeds as it runs real rounds and takes the same median over them).
+different seeds give the spread of real rounds (evaluation/validate_simulator.py --fit-jitter
+fits it to two replays of a calibration trace, simulates as many seeds as it runs real rounds
+and takes the same median over them). Not on by default there: fitted to one replayed pair it
+came out larger than the rows' own replays showed (0.30 / 0.40 against 0.18-0.30), and with the
+calibration re-run offline at fixed values (0.15, 0.2) it helped one run and hurt another, as
+the quantile contention fit already stretches the tails.
 
 Absent section: no HostModel is built and every step is exactly the profiled one.
 """
