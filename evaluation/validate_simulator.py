@@ -141,14 +141,6 @@ def fit_calibration(cfg: argparse.Namespace, mode: str, traces: dict, profile: o
     return calib
 
 
-def calibrate_mode(cfg: argparse.Namespace, mode: str, server: Server, traces: dict,
-                   profile: object, slo: tuple[float, float]) -> dict:
-    """--calibrate-rounds calibration rounds back to back, then fit_calibration."""
-    rounds = [calibration_round(cfg, mode, server, traces, slo, k)
-              for k in range(cfg.calibrate_rounds)]
-    return fit_calibration(cfg, mode, traces, profile, rounds)
-
-
 def real_round(cfg: argparse.Namespace, mode: str, server: Server, trace_path: Path,
                rate: float, slo: tuple[float, float], k: int) -> dict:
     """Real round k at `rate`: its metrics and the cores the host kept busy over it."""

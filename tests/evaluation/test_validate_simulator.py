@@ -88,7 +88,7 @@ def test_validate_end_to_end_on_a_short_workload(tmp_path: Path) -> None:
                     "--num-requests", "6", "--warmup-requests", "2", "-o", str(out),
                     "--ttft-slo-ms", "500", "--tpot-slo-ms", "100", "--calibrate-rounds", "1"])
     # NOTE: one calibration round as before pooling (a 2nd round adds ~11 s); the rounds'
-    # loop is covered without servers by test_calibrate_mode_pools_its_rounds
+    # loop is covered without servers by test_calibration_pools_its_rounds
     assert code == 0
     report = json.loads((out / "validate_simulator.json").read_text())
     assert set(report["modes"]) == {"disaggregated", "colocated"}
@@ -254,10 +254,11 @@ def test_report_shows_the_calibration() -> None:
     assert "prefill 0.29 (sim without 0.18), decode 0.17 (sim without nan)" in text
 
 
-def test_calibrate_mode_pools_its_rounds(monkeypatch, tmp_path) -> None:
-    """calibrate_mode's K rounds, without servers: each 'real' round is the simulation of its
-    own trace with a profile whose decode step is 1.1x + 2 ms (and prefill 1.3x); the rounds
-    run at 12 and 1.2 req/s, are pooled, and recover it; the host sections are pooled."""
+def test_calibration_pools_its_rounds(monkeypatch, tmp_path) -> None:
+    """K calibration_rounds fitted together (fit_calibration), without servers: each 'real'
+    round is the simulation of its own trace with a profile whose decode step is 1.1x + 2 ms
+    (and prefill 1.3x); the rounds run at 12 and 1.2 req/s, are pooled, and recover it; the
+    host sections are pooled."""
     from simdist.calibrate import _scaled
     from simdist.profile import LatencyProfile
     from simdist.results import write_exp
@@ -279,7 +280,9 @@ def test_calibrate_mode_pools_its_rounds(monkeypatch, tmp_path) -> None:
                                "background": 0.0, "wall": 4.0}
 
     monkeypatch.setattr(vs, "quietest_round", fake_round)
-    calib = vs.calibrate_mode(cfg, "disaggregated", None, traces, prof, (500.0, 100.0))
+    rounds = [vs.calibration_round(cfg, "disaggregated", None, traces, (500.0, 100.0), k)
+              for k in range(cfg.calibrate_rounds)]
+    calib = vs.fit_calibration(cfg, "disaggregated", traces, prof, rounds)
     cal = calib["calibration"]
     assert cal["rounds_used"] == 2 and cal["num_requests"] == 60
     assert cal["rates"] == pytest.approx([12.0, 1.2])
