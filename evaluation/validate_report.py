@@ -230,6 +230,12 @@ def contention_lines(host: dict) -> list[str]:
     line = (f"  contention (per other busy worker): prefill "
             f"{host.get('contention_prefill', 0.0):.2f}, decode "
             f"{host.get('contention_decode', 0.0):.2f}")
+    transfer = host.get("measured", {}).get("transfer_contention")
+    if transfer:
+        used = "simulated" if host.get("contention_transfer") else "not simulated"
+        line += (f"; KV transfer +{transfer['contention_transfer']:.2f} while decode steps "
+                 f"(median {transfer['busy_ms']:.1f} ms over {transfer['busy']} migrations vs "
+                 f"{transfer['idle_ms']:.1f} ms over {transfer['idle']} idle; {used})")
     fit = host.get("measured", {}).get("contention_fit")
     if fit and fit.get("method") == "quantiles":
         line += (f"; fitted to the rounds' p50/p90 TTFT and TPOT: squared relative error "
@@ -256,6 +262,11 @@ def jitter_lines(host: dict) -> list[str]:
         line = (f"  jitter: speed log-sd {host['jitter_sd']:.2f}, correlation time "
                 f"{host.get('jitter_ms', 1000.0):.0f} ms")
         fit = host.get("measured", {}).get("jitter_fit")
+        probe = host.get("measured", {}).get("jitter_probe")
+        if probe:
+            line += (f"; measured before the servers started (a {probe['unit_ms']:.1f} ms unit "
+                     f"of work timed {probe['units']} times: its log-sd {probe['unit_log_sd']:.3f}"
+                     f", over {probe['bin_ms']:.0f} ms bins)")
         if fit and "sim" in fit:
             line += (f"; fitted to that pair (simulated pairs: {fit['sim']['sd']:.3f}, "
                      f"{fit['sim']['rho']:+.2f})")

@@ -158,18 +158,34 @@ def host_with_contention(cfg: argparse.Namespace, host: dict, profile: object,
     (quantiles:
     simdist.calibrate.fit_contention_quantiles, any mode; contrast:
     simdist.calibrate.fit_contention, a prefill + decode pair only, as colocated rounds do not
-    say which instance ran a step); else the profile's own (absent: 0)."""
+    say which instance ran a step); else the profile's own (absent: 0). With
+    --transfer-contention, a prefill + decode pair's `contention_transfer` is measured from the
+    rounds' migrations first (simdist.calibrate.transfer_contention), so the fits see it
+    (measured and reported either way). The host jitter the probe measured before the servers
+    started (`cfg.host_jitter`, --measure-jitter) goes in too, unless --fit-jitter fits one."""
     from simdist.calibrate import (
         exp_records,
         fit_contention,
         fit_contention_quantiles,
         fit_jitter,
         replay_pair_stats,
+        transfer_contention,
         with_host,
     )
 
-    keys = ("contention_prefill", "contention_decode")
+    keys = ("contention_prefill", "contention_decode", "contention_transfer")
     out = {**host, **{k: v for k, v in (profile.host or {}).items() if k in keys}}
+    if tuple(roles) == ("prefill", "decode"):
+        measured = transfer_contention([e for _, e in rounds])
+        if measured is not None:
+            out["measured"] = {**out.get("measured", {}), "transfer_contention": measured}
+            if getattr(cfg, "transfer_contention", False):
+                out["contention_transfer"] = measured["contention_transfer"]
+    probe = getattr(cfg, "host_jitter", None)
+    if probe and probe["jitter_sd"] > 0 and not getattr(cfg, "fit_jitter", False):
+        out.update(jitter_sd=probe["jitter_sd"], jitter_ms=probe["jitter_ms"], jitter_seed=0.0)
+        out["measured"] = {**out.get("measured", {}), "jitter_probe": {
+            k: v for k, v in probe.items() if k != "config"}}
     pair = replay_pair(rounds)
     if pair is not None:
         (trace, a), (_, b) = rounds[pair[0]], rounds[pair[1]]
@@ -190,7 +206,7 @@ def host_with_contention(cfg: argparse.Namespace, host: dict, profile: object,
         fit = fit_contention(with_host(profile, out), cfg.profile_model, rounds, roles,
                              sched_spec())
     if fit is not None:
-        out.update({k: fit[k] for k in keys})
+        out.update({k: fit[k] for k in keys[:2]})
         out["measured"] = {**out.get("measured", {}), "contention_fit": fit}
     return out
 

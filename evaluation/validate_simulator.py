@@ -278,6 +278,15 @@ def validate(cfg: argparse.Namespace) -> dict:
     report = {"meta": {k: str(v) if isinstance(v, Path) else v for k, v in vars(cfg).items()},
               "slo_ms": {"ttft": slo[0], "tpot": slo[1]}, "modes": {}}
     out = Path(cfg.output_dir)
+    if cfg.calibrate and cfg.host and cfg.measure_jitter > 0:
+        from distllm.profiler.jitter import JitterConfig, measure_jitter
+
+        # NOTE: before any server starts: the host's own speed, not the servers' time-sharing
+        cfg.host_jitter = report["host_jitter"] = measure_jitter(
+            JitterConfig(duration_s=cfg.measure_jitter))
+        logger.info("host jitter (%.0f s probe): log-sd %.3f, correlation time %.0f ms",
+                    cfg.measure_jitter, cfg.host_jitter["jitter_sd"],
+                    cfg.host_jitter["jitter_ms"])
     for mode in cfg.modes:
         result = run_mode(cfg, mode, traces, profile, slo)
         report["modes"][mode] = result["rows"]
@@ -345,6 +354,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "are then simulated with as many seeds as real rounds. Off by default: "
                         "in two validation runs it did not lower the errors on net (the "
                         "replays' noise is reported either way)")
+    p.add_argument("--measure-jitter", type=float, default=20.0, metavar="SECONDS",
+                   help="with --host: time a fixed unit of work this long before any server "
+                        "starts and fit the host's jitter to it (distllm.profiler.jitter: log-sd "
+                        "and correlation time of the host's speed); the calibrated profiles "
+                        "carry it and rows are simulated with as many seeds as real rounds "
+                        "(0: no jitter)")
+    p.add_argument("--transfer-contention", action=argparse.BooleanOptionalAction,
+                   default=False,
+                   help="with --host, disaggregated: measure how much longer a KV migration "
+                        "takes while the decode instance steps, from the calibration rounds' "
+                        "lifecycle (simdist.calibrate.transfer_contention), and simulate it "
+                        "(host.contention_transfer). Off by default: on three saved runs it "
+                        "did not lower the errors on net (the measurement is reported anyway)")
     p.add_argument("--contention-fit", choices=("quantiles", "contrast"), default="quantiles",
                    help="quantiles: the pair whose calibrated simulation matches the rounds' "
                         "p50/p90 TTFT and TPOT best, any mode "
@@ -358,6 +380,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ns.modes = [m for m in ns.modes.split(",") if m]
     if ns.calibrate_rounds < 1 or not 0.0 <= ns.calibrate_rate_spread < 1.0:
         p.error("--calibrate-rounds must be >= 1 and --calibrate-rate-spread in [0, 1)")
+    if ns.measure_jitter < 0:
+        p.error("--measure-jitter must be >= 0 seconds")
     if unknown := set(ns.modes) - set(MODES):
         p.error(f"--modes: unknown {sorted(unknown)}; choose from {sorted(MODES)}")
     return ns

@@ -25,6 +25,10 @@ Two fits of the host section's contention coefficients (simdist.host: a step las
   errors fell from -14..-42 % to -3..-34 % (colocated) and 3 of 4 disaggregated rates came
   within target instead of 1 (offline on that run's rounds).
 
+`transfer_contention` measures the host section's `contention_transfer` from a disaggregated
+run's lifecycle timestamps: migrations that began while another request was decoding (the
+decode instance stepping) against those that began while it was idle.
+
 `fit_jitter` measures the host section's jitter (simdist.host: the host's wandering speed) from
 two real replays of one trace: how far the same request's TPOT moves between them, and how
 much neighbouring requests move together; the grid point whose simulated replay pairs disagree
@@ -38,7 +42,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from distllm.metrics import RequestRecord, percentile
-from distllm.request import Lifetime
+from distllm.request import LifecycleEvent, Lifetime
 from simdist.cluster import ClusterSpec, InstanceSpec, SchedulerSpec, simulate
 from simdist.profile import LatencyProfile
 from simdist.results import SimResult
@@ -327,34 +331,91 @@ def quantile_loss(real: Sequence[dict], sim: Sequence[dict]) -> float:
 def fit_contention_quantiles(profile: LatencyProfile, model_name: str,
                              rounds: Sequence[tuple], roles: Sequence[str],
                              sched: SchedulerSpec | None = None,
-                             grid: Sequence[float] = QUANTILE_GRID) -> dict:
+                             grid: Sequence[float] = QUANTILE_GRID,
+                             jitter_sds: Sequence[float] | None = None,
+                             jitter_ms: float = 300.0,
+                             jitter_seeds: int = 3) -> dict:
     """Contention coefficients of `profile`'s host section from real rounds `[(trace, real
     .exp dict)]`: every (c_prefill, c_decode) on `grid` x `grid`, the profile calibrated to
     the rounds with it (`calibrate`), the rounds simulated; the pair with the least
-    `quantile_loss` wins (ties: the smaller coefficients). Any roles (colocated too)."""
+    `quantile_loss` wins (ties: the smaller coefficients). Any roles (colocated too).
+
+    `jitter_sds`: also the host jitter (simdist.host, correlation time `jitter_ms`), every
+    coefficient pair tried with each of these log-sds; a jittered point's simulated quantiles
+    are the median over `jitter_seeds` seeds (the calibration itself runs on seed 0). The
+    winner's `jitter_sd` / `jitter_ms` are returned too (ties: the least jitter)."""
     if not profile.host:
         raise ValueError("fit_contention_quantiles needs a profile with a host section")
     samples = [(t, exp_request_terms(e)) for t, e in rounds]
     real = [latency_quantiles(exp_records(e)) for _, e in rounds]
-    losses: dict[tuple[float, float], float] = {}
-    for cp in grid:
-        for cd in grid:
-            host = {**profile.host, "contention_prefill": cp, "contention_decode": cd}
-            calib = LatencyProfile.from_dict(
-                calibrate(with_host(profile, host), model_name, samples, roles, sched))
-            sim = [latency_quantiles(exp_records(simulate_trace(t, roles, calib, model_name,
-                                                                sched)))
-                   for t, _ in rounds]
-            losses[cp, cd] = quantile_loss(real, sim)
-    best = min(losses, key=lambda k: (losses[k], k[0] + k[1], k))
-    return {"contention_prefill": best[0], "contention_decode": best[1], "method": "quantiles",
-            "loss": losses[best], "loss_without": losses.get((0.0, 0.0)),
-            "real_quantiles_ms": real}
+    sds = [None] if jitter_sds is None else sorted(set(jitter_sds))
+    losses: dict[tuple[float, float, float], float] = {}
+    for sd in sds:
+        jit = {} if sd is None else {"jitter_sd": sd, "jitter_ms": jitter_ms, "jitter_seed": 0.0}
+        for cp in grid:
+            for cd in grid:
+                host = {**profile.host, "contention_prefill": cp, "contention_decode": cd, **jit}
+                calib = LatencyProfile.from_dict(
+                    calibrate(with_host(profile, host), model_name, samples, roles, sched))
+                seeds = range(jitter_seeds if sd else 1)
+                sim = [_median_quantiles([latency_quantiles(exp_records(simulate_trace(
+                    t, roles, _seeded(calib, seed), model_name, sched))) for seed in seeds])
+                    for t, _ in rounds]
+                losses[-1.0 if sd is None else sd, cp, cd] = quantile_loss(real, sim)
+    best = min(losses, key=lambda k: (losses[k], k[0], k[1] + k[2], k))
+    out = {"contention_prefill": best[1], "contention_decode": best[2], "method": "quantiles",
+           "loss": losses[best], "loss_without": losses.get((best[0], 0.0, 0.0)),
+           "real_quantiles_ms": real}
+    if jitter_sds is not None:
+        out.update(jitter_sd=best[0], jitter_ms=jitter_ms,
+                   loss_by_jitter={str(sd): min(v for k, v in losses.items() if k[0] == sd)
+                                   for sd in sds})
+    return out
+
+
+def _seeded(profile: LatencyProfile, seed: int) -> LatencyProfile:
+    """`profile` with its host jitter seeded by `seed` (seed 0: as is)."""
+    return profile if seed == 0 else with_host(profile, {**profile.host,
+                                                          "jitter_seed": float(seed)})
+
+
+def _median_quantiles(qs: Sequence[dict[str, float]]) -> dict[str, float]:
+    return {k: float(np.median([q[k] for q in qs])) for k in qs[0]}
 
 
 JITTER_SD_GRID = tuple(round(0.05 * i, 2) for i in range(11))  # 0 .. 0.5
 JITTER_MS_GRID = (30.0, 100.0, 300.0, 1000.0, 3000.0)
 JITTER_SEED_PAIRS = 3  # simulated replay pairs per grid point
+
+
+MIN_TRANSFER_SAMPLES = 5  # transfer_contention: least migrations on each side
+
+
+def transfer_contention(exps: Sequence[dict]) -> dict | None:
+    """`contention_transfer` (simdist.host) of the `.exp` rounds of one prefill + one decode
+    instance: median migration time of the requests whose migration began while another request
+    of the same round was between decode_begin and decode_end, over the median of the others,
+    minus one (>= 0). None when either side has fewer than MIN_TRANSFER_SAMPLES migrations."""
+    busy, idle = [], []
+    for exp in exps:
+        lives = [dict(Lifetime.from_json(q.get("lifecycle_events") or []).events)
+                 for q in exp["requests"]]
+        decoding = [(ev[LifecycleEvent.DECODE_BEGIN], ev[LifecycleEvent.DECODE_END])
+                    for ev in lives
+                    if LifecycleEvent.DECODE_BEGIN in ev and LifecycleEvent.DECODE_END in ev]
+        for ev in lives:
+            begin = ev.get(LifecycleEvent.MIGRATION_BEGIN)
+            end = ev.get(LifecycleEvent.MIGRATION_END)
+            if begin is None or end is None:
+                continue
+            # NOTE: the request itself starts decoding only after its migration ends
+            stepping = any(b < begin < e for b, e in decoding)
+            (busy if stepping else idle).append(end - begin)
+    if min(len(busy), len(idle)) < MIN_TRANSFER_SAMPLES:
+        return None
+    busy_ms, idle_ms = 1e3 * float(np.median(busy)), 1e3 * float(np.median(idle))
+    return {"contention_transfer": max(0.0, busy_ms / idle_ms - 1.0) if idle_ms > 0 else 0.0,
+            "busy_ms": busy_ms, "idle_ms": idle_ms, "busy": len(busy), "idle": len(idle)}
 
 
 def replay_pair_stats(a: Sequence[RequestRecord], b: Sequence[RequestRecord]) -> dict:

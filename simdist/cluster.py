@@ -95,9 +95,14 @@ class Link:
         self.sec_per_byte = 1.0 / (gb_s * 1e9)
         self.latency_s = latency_s
 
-    def send(self, now: float, nbytes: int) -> float:
+    def send(self, now: float, nbytes: int, stretch: float = 1.0) -> float:
+        """Queue a transfer of `nbytes` now; its end time. `stretch`: host contention on the
+        transfer (simdist.host.HostModel.transfer_stretch; 1.0 leaves it exact)."""
         start = now if now > self.free_at else self.free_at
-        self.free_at = end = start + self.latency_s + nbytes * self.sec_per_byte
+        if stretch == 1.0:  # NOTE: the same float operations as without the term
+            self.free_at = end = start + self.latency_s + nbytes * self.sec_per_byte
+        else:
+            self.free_at = end = start + (self.latency_s + nbytes * self.sec_per_byte) * stretch
         return end
 
 
@@ -206,7 +211,9 @@ class Cluster:
         link = self.links.get(key)
         if link is None:
             link = self.links[key] = self._make_link(src, dst)
-        return link.send(self.sim.now, self.kv_bytes * r.ctx)
+        host = self.host
+        stretch = 1.0 if host is None else host.transfer_stretch(dst.busy)
+        return link.send(self.sim.now, self.kv_bytes * r.ctx, stretch)
 
     def _make_link(self, src: PrefillInstance, dst: DecodeInstance) -> Link:
         pairs = min(len(src.gpus), len(dst.gpus))

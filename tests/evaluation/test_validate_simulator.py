@@ -86,7 +86,8 @@ def test_validate_end_to_end_on_a_short_workload(tmp_path: Path) -> None:
     out = tmp_path / "val"
     code = vs.main(["--model", str(model), "--workdir", str(tmp_path / "wd"), "--rates", "4",
                     "--num-requests", "6", "--warmup-requests", "2", "-o", str(out),
-                    "--ttft-slo-ms", "500", "--tpot-slo-ms", "100", "--calibrate-rounds", "1"])
+                    "--ttft-slo-ms", "500", "--tpot-slo-ms", "100", "--calibrate-rounds", "1",
+                    "--measure-jitter", "0.5"])
     # NOTE: one calibration round as before pooling (a 2nd round adds ~11 s); the rounds'
     # loop is covered without servers by test_calibration_pools_its_rounds
     assert code == 0
@@ -106,6 +107,12 @@ def test_validate_end_to_end_on_a_short_workload(tmp_path: Path) -> None:
     for cal in report["calibration"].values():
         assert cal["rounds_used"] == 1 and cal["rates"] == [4.0]
         assert not cal["decode_fit"]["identified"]  # one round: scale only
+    probe = report["host_jitter"]  # measured before the servers started, half a second
+    assert probe["units"] > 0 and probe["jitter_sd"] >= 0
+    if probe["jitter_sd"] > 0:  # the calibrated profiles carry it
+        for host in report["host"].values():
+            assert host["jitter_sd"] == probe["jitter_sd"]
+            assert host["measured"]["jitter_probe"]["units"] == probe["units"]
     assert (out / "validate_simulator.png").stat().st_size > 0
     assert (out / "profile-calibrated-disaggregated.json").is_file()
 
@@ -295,3 +302,39 @@ def test_calibration_pools_its_rounds(monkeypatch, tmp_path) -> None:
     rounds = calib["host"]["measured"]["rounds"]
     assert len(rounds) == 2 and calib["host"]["frontend_cpu_ms_per_step"] == pytest.approx(
         np.mean([r["frontend_cpu_ms_per_step"] for r in rounds]))
+
+
+def test_host_section_takes_the_probed_jitter_and_the_measured_transfer_contention() -> None:
+    """host_with_contention without fits: the probe's jitter goes in (unless --fit-jitter); the
+    migrations' busy / idle contrast is always measured and simulated only when asked."""
+    import argparse
+
+    from evaluation.validate_rounds import host_with_contention
+    from tests.simdist.conftest import plain_demo_profile
+
+    lives = []
+    for k in range(6):  # 6 ms alone, 9 ms while another request decodes
+        lives.append({"migration_begin": 10.0 * k, "migration_end": 10.0 * k + 0.006})
+        lives.append({"decode_begin": 100.0 + 10 * k - 1, "decode_end": 100.0 + 10 * k + 1})
+        lives.append({"migration_begin": 100.0 + 10 * k, "migration_end": 100.009 + 10 * k})
+    exp = {"requests": [{"lifecycle_events": [{"event_type": e, "timestamp": t}
+                                              for e, t in ev.items()]} for ev in lives]}
+    rounds = [([{"prompt_len": 8, "output_len": 2, "arrival_s": 0.0}], exp)]
+    probe = {"jitter_sd": 0.07, "jitter_ms": 400.0, "units": 100, "unit_ms": 3.0,
+             "unit_log_sd": 0.08, "bin_ms": 10.0, "config": {}}
+    profile = plain_demo_profile()
+
+    def host(**flags: object) -> dict:
+        cfg = argparse.Namespace(fit_contention=False, profile_model="distllm-demo", **flags)
+        return host_with_contention(cfg, {"cores": 2.0}, profile, rounds, ("prefill", "decode"))
+
+    out = host(host_jitter=probe, transfer_contention=False)
+    assert (out["jitter_sd"], out["jitter_ms"]) == (0.07, 400.0)
+    assert out["measured"]["jitter_probe"]["units"] == 100
+    assert out["measured"]["transfer_contention"]["contention_transfer"] == pytest.approx(0.5)
+    assert "contention_transfer" not in out
+    assert host(transfer_contention=True)["contention_transfer"] == pytest.approx(0.5)
+    assert "jitter_sd" not in host(host_jitter={**probe, "jitter_sd": 0.0})
+    colocated = host_with_contention(argparse.Namespace(fit_contention=False), {"cores": 2.0},
+                                     profile, rounds, ("colocated", "colocated"))
+    assert "transfer_contention" not in colocated.get("measured", {})

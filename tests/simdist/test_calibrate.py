@@ -211,3 +211,35 @@ def test_fit_jitter_recovers_the_jitter_of_simulated_replays() -> None:
     plain = simulate_trace(trace, ROLES, prof, MODEL)
     none = fit_jitter(prof, MODEL, trace, plain, plain, ROLES)
     assert none["jitter_sd"] == 0.0 and "no jitter" in none["note"]
+
+
+def _exp(lives: list[dict[str, float]]) -> dict:
+    """An .exp dict of requests with these lifecycle events only."""
+    return {"requests": [{"lifecycle_events": [{"event_type": k, "timestamp": t}
+                                               for k, t in ev.items()]} for ev in lives]}
+
+
+def test_transfer_contention_is_the_busy_over_idle_median_migration() -> None:
+    """Migrations beginning while another request decodes (busy) take 9 ms, the others 6 ms:
+    contention_transfer 0.5. A request's own decode (after its migration) does not count."""
+    from simdist.calibrate import transfer_contention
+
+    lives = []
+    for k in range(6):  # idle: nothing else decoding
+        t = 10.0 * k
+        lives.append({"migration_begin": t, "migration_end": t + 0.006,
+                      "decode_begin": t + 0.007, "decode_end": t + 0.5})
+    for k in range(6):  # busy: each begins inside a long-decoding request's decode
+        t = 100.0 + 10.0 * k
+        lives.append({"decode_begin": t - 1.0, "decode_end": t + 1.0})
+        lives.append({"migration_begin": t, "migration_end": t + 0.009})
+    out = transfer_contention([_exp(lives)])
+    assert out["busy"] == 6 and out["idle"] == 6
+    assert out["idle_ms"] == pytest.approx(6.0) and out["busy_ms"] == pytest.approx(9.0)
+    assert out["contention_transfer"] == pytest.approx(0.5)
+    # too few migrations on one side: no measurement
+    assert transfer_contention([_exp(lives[:6] + lives[6:14])]) is None
+    # faster while busy (noise): clamped at 0
+    fast = [{**ev, "migration_end": ev["migration_begin"] + 0.003} if "migration_begin" in ev
+            and ev["migration_begin"] >= 100 else ev for ev in lives]
+    assert transfer_contention([_exp(fast)])["contention_transfer"] == 0.0

@@ -82,7 +82,8 @@ def test_host_model_demand_and_window() -> None:
 @pytest.mark.parametrize("bad", [{"cores": 0}, {"cores": 2, "frontend_cpu_ms_per_step": -1},
                                  {"cores": 2, "window_ms": 0},
                                  {"cores": 2, "background_cores": -0.5},
-                                 {"cores": 2, "contention_decode": -0.1}])
+                                 {"cores": 2, "contention_decode": -0.1},
+                                 {"cores": 2, "contention_transfer": -0.1}])
 def test_host_spec_validation(bad: dict) -> None:
     with pytest.raises(ValueError):
         HostSpec.from_dict(bad)
@@ -124,6 +125,24 @@ def test_contention_stretches_a_step_by_its_coefficient_per_other_busy_worker() 
     assert hit.requests[1].first_token == base.requests[1].first_token == A(0.040, abs=1e-9)
 
 
+def test_transfer_contention_stretches_a_migration_that_starts_while_decode_steps() -> None:
+    """Toy: r0's migration starts at 0.020 with the decode instance idle (0.1 ms either way);
+    r1's at 0.040, while r0 decodes: with contention_transfer 1.0 it takes 0.2 ms."""
+    wl = fixed_workload([100, 100], [5, 2], [0.0, 0.005])
+
+    def migrations(host: dict) -> list[tuple[float, float]]:
+        res = simulate(DISAGG, _with_host(toy_profile(), host), wl, 1.0)
+        return [(ev["migration_begin"], ev["migration_end"])
+                for ev in ({e.value: t for e, t in r.lifetime().events} for r in res.requests)]
+
+    base = migrations({"cores": 2})
+    hit = migrations({"cores": 2, "contention_transfer": 1.0})
+    assert base == [(A(0.020), A(0.0201)), (A(0.040), A(0.0401))]
+    assert hit == [(A(0.020), A(0.0201)), (A(0.040), A(0.0402))]
+    assert HostModel(HostSpec(cores=2, contention_transfer=0.7)).transfer_stretch(True) == 1.7
+    assert HostModel(HostSpec(cores=2, contention_transfer=0.7)).transfer_stretch(False) == 1.0
+
+
 def test_host_model_contention_counts_other_instances_threads_only() -> None:
     host = HostModel(HostSpec(cores=8, contention_prefill=0.3, contention_decode=0.5))
     assert host.begin_step(0.0, 0.010, 2, is_prefill=True) == 0.010  # alone (its 2 threads)
@@ -143,8 +162,11 @@ def test_zero_or_absent_contention_keys_give_the_same_run_bit_for_bit() -> None:
                                         InstanceSpec("decode", gpus=(1,))))
     absent = simulate(spec, _with_host(prof, host), wl, 8.0)
     zero = simulate(spec, _with_host(prof, {**host, "contention_prefill": 0.0,
-                                            "contention_decode": 0.0}), wl, 8.0)
+                                            "contention_decode": 0.0,
+                                            "contention_transfer": 0.0}), wl, 8.0)
     assert _stamps(zero) == _stamps(absent)
+    assert ([r.lifetime().events for r in zero.requests]
+            == [r.lifetime().events for r in absent.requests])
     hit = simulate(spec, _with_host(prof, {**host, "contention_prefill": 0.5,
                                            "contention_decode": 0.5}), wl, 8.0)
     assert sum(hit.ttft_tpot()[1]) > sum(absent.ttft_tpot()[1])  # and the term does act
