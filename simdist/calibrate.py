@@ -331,56 +331,29 @@ def quantile_loss(real: Sequence[dict], sim: Sequence[dict]) -> float:
 def fit_contention_quantiles(profile: LatencyProfile, model_name: str,
                              rounds: Sequence[tuple], roles: Sequence[str],
                              sched: SchedulerSpec | None = None,
-                             grid: Sequence[float] = QUANTILE_GRID,
-                             jitter_sds: Sequence[float] | None = None,
-                             jitter_ms: float = 300.0,
-                             jitter_seeds: int = 3) -> dict:
+                             grid: Sequence[float] = QUANTILE_GRID) -> dict:
     """Contention coefficients of `profile`'s host section from real rounds `[(trace, real
     .exp dict)]`: every (c_prefill, c_decode) on `grid` x `grid`, the profile calibrated to
     the rounds with it (`calibrate`), the rounds simulated; the pair with the least
-    `quantile_loss` wins (ties: the smaller coefficients). Any roles (colocated too).
-
-    `jitter_sds`: also the host jitter (simdist.host, correlation time `jitter_ms`), every
-    coefficient pair tried with each of these log-sds; a jittered point's simulated quantiles
-    are the median over `jitter_seeds` seeds (the calibration itself runs on seed 0). The
-    winner's `jitter_sd` / `jitter_ms` are returned too (ties: the least jitter)."""
+    `quantile_loss` wins (ties: the smaller coefficients). Any roles (colocated too)."""
     if not profile.host:
         raise ValueError("fit_contention_quantiles needs a profile with a host section")
     samples = [(t, exp_request_terms(e)) for t, e in rounds]
     real = [latency_quantiles(exp_records(e)) for _, e in rounds]
-    sds = [None] if jitter_sds is None else sorted(set(jitter_sds))
-    losses: dict[tuple[float, float, float], float] = {}
-    for sd in sds:
-        jit = {} if sd is None else {"jitter_sd": sd, "jitter_ms": jitter_ms, "jitter_seed": 0.0}
-        for cp in grid:
-            for cd in grid:
-                host = {**profile.host, "contention_prefill": cp, "contention_decode": cd, **jit}
-                calib = LatencyProfile.from_dict(
-                    calibrate(with_host(profile, host), model_name, samples, roles, sched))
-                seeds = range(jitter_seeds if sd else 1)
-                sim = [_median_quantiles([latency_quantiles(exp_records(simulate_trace(
-                    t, roles, _seeded(calib, seed), model_name, sched))) for seed in seeds])
-                    for t, _ in rounds]
-                losses[-1.0 if sd is None else sd, cp, cd] = quantile_loss(real, sim)
-    best = min(losses, key=lambda k: (losses[k], k[0], k[1] + k[2], k))
-    out = {"contention_prefill": best[1], "contention_decode": best[2], "method": "quantiles",
-           "loss": losses[best], "loss_without": losses.get((best[0], 0.0, 0.0)),
-           "real_quantiles_ms": real}
-    if jitter_sds is not None:
-        out.update(jitter_sd=best[0], jitter_ms=jitter_ms,
-                   loss_by_jitter={str(sd): min(v for k, v in losses.items() if k[0] == sd)
-                                   for sd in sds})
-    return out
-
-
-def _seeded(profile: LatencyProfile, seed: int) -> LatencyProfile:
-    """`profile` with its host jitter seeded by `seed` (seed 0: as is)."""
-    return profile if seed == 0 else with_host(profile, {**profile.host,
-                                                          "jitter_seed": float(seed)})
-
-
-def _median_quantiles(qs: Sequence[dict[str, float]]) -> dict[str, float]:
-    return {k: float(np.median([q[k] for q in qs])) for k in qs[0]}
+    losses: dict[tuple[float, float], float] = {}
+    for cp in grid:
+        for cd in grid:
+            host = {**profile.host, "contention_prefill": cp, "contention_decode": cd}
+            calib = LatencyProfile.from_dict(
+                calibrate(with_host(profile, host), model_name, samples, roles, sched))
+            sim = [latency_quantiles(exp_records(simulate_trace(t, roles, calib, model_name,
+                                                                sched)))
+                   for t, _ in rounds]
+            losses[cp, cd] = quantile_loss(real, sim)
+    best = min(losses, key=lambda k: (losses[k], k[0] + k[1], k))
+    return {"contention_prefill": best[0], "contention_decode": best[1], "method": "quantiles",
+            "loss": losses[best], "loss_without": losses.get((0.0, 0.0)),
+            "real_quantiles_ms": real}
 
 
 JITTER_SD_GRID = tuple(round(0.05 * i, 2) for i in range(11))  # 0 .. 0.5
