@@ -15,10 +15,14 @@ instance, colocated = 2 colocated instances, one core (one torch thread) per wor
 calibration rate; rounds at one rate replay one trace) fit the profile to the serving stack on
 their pooled requests (simdist.calibrate: prefill and transfer scaled, decode = scale * step + a
 fixed per-step cost); errors are reported for the calibrated and the raw profile. The replayed
-trace measures the host's own noise (how far the same request's TPOT moves between two runs;
-with --fit-jitter the simulator's host jitter is fitted to it and rows are simulated with as
-many seeds as real rounds). --schedule interleaved (default) takes the calibration rounds and
-the rates' --repeats in turns, so a drift of the host's speed over the run hits them alike;
+trace measures the host's own noise (how far the same request's TPOT moves between two runs).
+The host's speed jitter (simdist.host) is measured before any server starts by timing a fixed
+unit of work (--measure-jitter, default 20 s; distllm.profiler.jitter), or with --fit-jitter
+fitted to that replayed pair; with a jitter, rows are simulated with as many seeds as real
+rounds and the same median taken. KV migrations that start while the decode instance steps
+take longer; the contrast is reported and, with --transfer-contention, simulated. --schedule
+interleaved (default) takes the calibration rounds and the rates' --repeats in turns, so a
+drift of the host's speed over the run hits them alike;
 each row reports the standard error of its real medians next to the targets. With --host
 (default) each calibration round also measures the host (distllm.profiler.host: the server's
 frontend CPU per step, the load generator's per token, other load, the frontend's TTFT
