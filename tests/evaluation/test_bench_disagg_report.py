@@ -52,6 +52,10 @@ def test_pooled_ratio_is_the_mean_attainment_over_rounds() -> None:
     assert pooled["colocated-2x1"]["tight"]["goodput_rps"] == pytest.approx(2 / 3)
     assert report["goodput_ratio_tight"] == pytest.approx(2.5)
     assert len(report["goodput_ratio_tight_rounds"]) == 2
+    # against each colocated mode too (one here): pooled and per round
+    assert report["goodput_ratio_tight_by_mode"] == {"colocated-2x1": pytest.approx(2.5)}
+    assert [r["colocated-2x1"] for r in report["goodput_ratio_tight_by_mode_rounds"]] == (
+        pytest.approx(report["goodput_ratio_tight_rounds"]))
     # loose TPOT (50 ms): every request meets it, so both modes reach the top rate
     assert report["goodput_ratio_loose"] == pytest.approx(1.0)
 
