@@ -10,7 +10,7 @@ ratio at the tight-TPOT SLO an engine could reach if it added nothing to the pro
 Without --profile the bench's model is built and profiled first (`distllm profile`, one
 thread, ~1 min). The bench sets the TTFT SLO to 4x the best mode's unloaded prefill of a mean
 prompt, and the best mode is the 2-thread colocated instance, so in units of the one-thread
-prefill the SLO is 4x that round's 2-thread speedup: the bound is reported against that
+prefill the SLO is 4 / that round's 2-thread speedup: the bound is reported against that
 multiple (--ttft-multiples), and each measured round of the --bench-report files is placed on
 it (its own multiple and its measured ratio). The TPOT SLO is 2x the simulated unloaded TPOT of
 a mean request, as the bench's (the one-thread colocated instance's).
