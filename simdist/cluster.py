@@ -55,6 +55,9 @@ class SchedulerSpec:
     # colocated routing: least KV tokens ("tokens") or, as distllm's engine routes, fewest
     # unfinished requests ("requests")
     colocated_routing: str = "tokens"
+    # decode instances: a migration that lands mid-iteration joins the iteration after next, as
+    # with distllm's async scheduling (the next one is already submitted); False: the next one
+    async_lag: bool = False
 
     def __post_init__(self) -> None:
         if self.max_prefill_tokens < 1 or self.max_batch_size < 1:
@@ -148,7 +151,7 @@ class Cluster:
             self.prefills.append(inst)
         elif s.role == "decode":
             inst = DecodeInstance(name, len(self.decodes), self.sim, cost, cap,
-                                  sched.max_batch_size, self, s.node, gpus)
+                                  sched.max_batch_size, self, s.node, gpus, sched.async_lag)
             self.decodes.append(inst)
         else:
             inst = ColocatedInstance(name, len(self.colocated), self.sim, cost, cap,

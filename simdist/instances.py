@@ -99,10 +99,11 @@ class PrefillInstance:
 class DecodeInstance:
     __slots__ = ("name", "index", "sim", "cost", "capacity", "max_batch", "cluster", "batch",
                  "pending", "pending_tokens", "recompute", "arrived", "reserved", "incoming",
-                 "busy", "node", "gpus")
+                 "busy", "node", "gpus", "async_lag", "deferred")
 
     def __init__(self, name: str, index: int, sim: Simulator, cost: StageCost, capacity: int,
-                 max_batch: int, cluster: Cluster, node: int, gpus: tuple[int, ...]) -> None:
+                 max_batch: int, cluster: Cluster, node: int, gpus: tuple[int, ...],
+                 async_lag: bool = False) -> None:
         self.name, self.index, self.sim, self.cost = name, index, sim, cost
         self.capacity, self.max_batch, self.cluster = capacity, max_batch, cluster
         self.node, self.gpus = node, gpus
@@ -111,6 +112,10 @@ class DecodeInstance:
         self.pending_tokens = 0
         self.recompute: deque[SimRequest] = deque()  # preempted, KV dropped
         self.arrived: list[SimRequest] = []  # migrated, join at the next iteration
+        # async scheduling (distllm's default at pp = 1): the iteration after the running one is
+        # already submitted when a migration lands, so the request joins the one after that
+        self.async_lag = async_lag
+        self.deferred: list[SimRequest] = []  # landed mid-iteration: join the one after next
         self.reserved = 0  # KV tokens of migrating + arrived requests
         self.incoming = 0  # requests migrating or arrived (batch slots taken)
         self.busy = False
@@ -153,7 +158,7 @@ class DecodeInstance:
         r.log.append((_ME, self.sim.now))
         r.prefill_inst.release(r)
         r.prefill_inst = None
-        self.arrived.append(r)
+        (self.deferred if self.busy and self.async_lag else self.arrived).append(r)
         if not self.busy:
             self._start()
 
@@ -162,6 +167,10 @@ class DecodeInstance:
         (LIFO) while the KV growth of this iteration would not fit."""
         sim, b = self.sim, self.batch
         now = sim.now
+        if self.deferred and not b.size and not self.arrived:
+            # NOTE: the iteration they waited on was never submitted (every request of the last
+            # one finished there), so they join this one
+            self.arrived, self.deferred = self.deferred, self.arrived
         if self.arrived:
             for r in self.arrived:
                 r.log.append((_DB, now))
@@ -169,6 +178,8 @@ class DecodeInstance:
                 b.join(r)
             self.incoming -= len(self.arrived)
             self.arrived.clear()
+        if self.deferred:
+            self.arrived, self.deferred = self.deferred, self.arrived
         extra = self._readmit(now) if self.recompute else 0.0
         while b.size and b.sum_ctx + b.size + self.reserved > self.capacity:
             self.recompute.appendleft(b.evict_last())
@@ -199,5 +210,5 @@ class DecodeInstance:
         self.busy = False
         if self.pending:
             self._pull()
-        if not self.busy and (self.batch.size or self.arrived or self.recompute):
+        if not self.busy and (self.batch.size or self.arrived or self.deferred or self.recompute):
             self._start()

@@ -43,6 +43,24 @@ def test_disaggregated_exact_timestamps(toy) -> None:
     assert dict(r1.log)[E.PREFILL_BEGIN] == A(0.020)  # waited for the busy prefill instance
 
 
+@pytest.mark.parametrize("out0, r1_tokens", [
+    (6, [0.04, 0.0561, 0.0621]),  # lands at 0.0401 in r0's step 0.0381-0.0441: joins at 0.0501
+    (5, [0.04, 0.0501, 0.0561]),  # r0's step 0.0381-0.0441 is its last: nothing was submitted
+])
+def test_async_lag_joins_a_landed_request_one_iteration_later(toy, out0: int,
+                                                              r1_tokens: list) -> None:
+    """With async scheduling the decode iteration after the running one is already submitted
+    when r1's KV lands, so r1 joins the one after that; without the lag it joins the next."""
+    wl = fixed_workload([100, 100], [out0, 3], [0.0, 0.005])
+    lag = simulate(ClusterSpec("toy", _disagg().instances, SchedulerSpec(async_lag=True)), toy,
+                   wl, 1.0)
+    base = simulate(_disagg(), toy, wl, 1.0)
+    assert lag.requests[1].token_timestamps() == A(r1_tokens, abs=1e-9)
+    assert base.requests[1].token_timestamps()[1] == A(0.0441 + (0.007 if out0 == 6 else 0.006))
+    # r0 is not delayed by r1 waiting (one decode step of batch 1 is 6 ms)
+    assert lag.requests[0].token_timestamps()[-1] == A(0.0201 + 0.006 * (out0 - 1), abs=1e-9)
+
+
 def test_colocated_prefill_priority_exact(toy) -> None:
     wl = fixed_workload([100, 100], [3, 2], [0.0, 0.005])
     res = simulate(ClusterSpec("toy", (InstanceSpec("colocated"),)), toy, wl, 1.0)
