@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -35,7 +34,12 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation.bench_disagg_cpu import MODEL_SHAPE, workload  # noqa: E402
-from evaluation.bench_disagg_report import TARGET, TPOT_TIGHT, TTFT_FACTOR  # noqa: E402
+from evaluation.bench_disagg_report import (  # noqa: E402
+    TARGET,
+    TPOT_TIGHT,
+    TTFT_FACTOR,
+    ratios_by_mode,
+)
 
 MODEL = "bench"
 MODES = {"disaggregated": ("prefill", "decode"), "colocated-2x1": ("colocated", "colocated")}
@@ -104,18 +108,12 @@ def unloaded(prof, args: argparse.Namespace) -> tuple[float, float]:  # noqa: AN
     return rec.ttft * 1e3, rec.tpot * 1e3
 
 
-def attainment(records: list, ttft_ms: float, tpot_ms: float) -> float:
-    from distllm.metrics import meets_slo
-
-    return sum(meets_slo(r, ttft_ms, tpot_ms) for r in records) / max(len(records), 1)
-
-
 def bound(profiles: dict, args: argparse.Namespace) -> dict:
     """Per variant: SLOs, per mode and rate the records' attainment at every TTFT multiple,
     goodputs and ratios."""
     from tqdm import tqdm
 
-    from distllm.metrics import max_rate_meeting
+    from distllm.metrics import max_rate_meeting, slo_attainment
 
     out = {}
     total = len(profiles) * len(MODES) * len(args.rates)
@@ -131,20 +129,16 @@ def bound(profiles: dict, args: argparse.Namespace) -> dict:
                                for r in replay(prof, roles, workload(
                                    args.num_requests, rate, args.seed + 1000 * s, args))]
                     rows[mode].append({"rate": rate, "attainment": {
-                        k: attainment(records, *slo) for k, slo in slos.items()}})
+                        k: slo_attainment(records, *slo) for k, slo in slos.items()}})
                     bar.update(1)
             goodput = {k: {m: max_rate_meeting([(r["rate"], r["attainment"][k])
                                                 for r in rows[m]], TARGET) for m in MODES}
                        for k in slos}
             out[name] = {"unloaded_ms": {"prefill": prefill_ms, "tpot": tpot_ms},
                          "slo_ms": slos, "rows": rows, "goodput_rps": goodput,
-                         "ratio": {k: _ratio(g) for k, g in goodput.items()}}
+                         "ratio": {k: ratios_by_mode(g)["colocated-2x1"]
+                                   for k, g in goodput.items()}}
     return out
-
-
-def _ratio(goodput: dict[str, float]) -> float:
-    base = goodput["colocated-2x1"]
-    return goodput["disaggregated"] / base if base > 0 else math.inf
 
 
 def measured_rounds(paths: list[Path]) -> list[dict]:
