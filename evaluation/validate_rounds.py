@@ -177,7 +177,8 @@ def host_with_contention(cfg: argparse.Namespace, host: dict, profile: object,
         with_host,
     )
 
-    keys = ("contention_prefill", "contention_decode", "contention_transfer")
+    fitted = ("contention_prefill", "contention_decode")  # what the contention fits return
+    keys = (*fitted, "contention_transfer")
     out = {**host, **{k: v for k, v in (profile.host or {}).items() if k in keys}}
     if tuple(roles) == ("prefill", "decode"):
         measured = transfer_contention([e for _, e in rounds])
@@ -210,7 +211,7 @@ def host_with_contention(cfg: argparse.Namespace, host: dict, profile: object,
         fit = fit_contention(with_host(profile, out), cfg.profile_model, rounds, roles,
                              sched_spec())
     if fit is not None:
-        out.update({k: fit[k] for k in keys[:2]})
+        out.update({k: fit[k] for k in fitted})
         out["measured"] = {**out.get("measured", {}), "contention_fit": fit}
     return out
 

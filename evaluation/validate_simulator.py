@@ -22,8 +22,8 @@ fitted to that replayed pair; with a jitter, rows are simulated with as many see
 rounds and the same median taken. KV migrations that start while the decode instance steps
 take longer; the contrast is reported and, with --transfer-contention, simulated. --schedule
 interleaved (default) takes the calibration rounds and the rates' --repeats in turns, so a
-drift of the host's speed over the run hits them alike;
-each row reports the standard error of its real medians next to the targets. With --host
+drift of the host's speed over the run hits them alike; each row reports the standard error of
+its real medians next to the targets. With --host
 (default) each calibration round also measures the host (distllm.profiler.host: the server's
 frontend CPU per step, the load generator's per token, other load, the frontend's TTFT
 latency); the median per key over the rounds becomes the calibrated profile's `host` section,
