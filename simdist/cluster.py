@@ -55,8 +55,10 @@ class SchedulerSpec:
     # colocated routing: least KV tokens ("tokens") or, as distllm's engine routes, fewest
     # unfinished requests ("requests")
     colocated_routing: str = "tokens"
-    # decode instances: a migration that lands mid-iteration joins the iteration after next, as
-    # with distllm's async scheduling (the next one is already submitted); False: the next one
+    # distllm's async scheduling (pp = 1): the step after the running one is already composed,
+    # so a migration landing mid-step on a decode instance, and a request arriving or ending its
+    # prefill mid-step on a (prefill-priority) colocated one, waits for the step after that;
+    # False: each joins the next step
     async_lag: bool = False
 
     def __post_init__(self) -> None:
@@ -156,7 +158,7 @@ class Cluster:
         else:
             inst = ColocatedInstance(name, len(self.colocated), self.sim, cost, cap,
                                      sched.max_prefill_tokens, sched.max_batch_size,
-                                     sched.chunk_tokens, self, s.node, gpus)
+                                     sched.chunk_tokens, self, s.node, gpus, sched.async_lag)
             self.colocated.append(inst)
 
     # -- host CPU (simdist.host; a no-op without the profile's host section) -----------------

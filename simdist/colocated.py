@@ -5,6 +5,11 @@ next iteration is a prefill batch and decoding stalls. With `chunk_tokens` it is
 (Sarathi / vLLM v1): every iteration carries all decoding requests plus prefill chunks that fill
 the remaining token budget, so decoding never stalls but shares the iteration.
 
+With `async_lag` (distllm's async scheduling, pp = 1, prefill-priority) the engine composes the
+step after the running one while it runs (a lookahead decode of the running requests, or a
+prefill of what waits), so a request that arrives, or ends its prefill, while a step runs and
+another is already composed waits for the step after that one.
+
     waiting --admit (KV for the whole prompt)--> prefilling --last chunk--> running --> finished
                                          ^---------- preempted (LIFO, recompute) ---------'
 """
@@ -30,11 +35,12 @@ _STEP_END = EventKind.STEP_END
 class ColocatedInstance:
     __slots__ = ("name", "index", "sim", "cost", "capacity", "max_tokens", "max_batch",
                  "chunk_tokens", "cluster", "batch", "waiting", "queued_tokens", "prefilling",
-                 "reserved", "busy", "node", "gpus")
+                 "reserved", "busy", "node", "gpus", "lookahead", "queued", "ready",
+                 "running_decode")
 
     def __init__(self, name: str, index: int, sim: Simulator, cost: StageCost, capacity: int,
                  max_tokens: int, max_batch: int, chunk_tokens: int | None, cluster: Cluster,
-                 node: int, gpus: tuple[int, ...]) -> None:
+                 node: int, gpus: tuple[int, ...], async_lag: bool = False) -> None:
         self.name, self.index, self.sim, self.cost = name, index, sim, cost
         self.capacity, self.max_tokens, self.max_batch = capacity, max_tokens, max_batch
         self.chunk_tokens, self.cluster, self.node, self.gpus = chunk_tokens, cluster, node, gpus
@@ -42,8 +48,13 @@ class ColocatedInstance:
         self.waiting: deque[SimRequest] = deque()  # not admitted (new or preempted)
         self.queued_tokens = 0
         self.prefilling: list[SimRequest] = []  # admitted, prefill chunks outstanding
-        self.reserved = 0  # KV tokens reserved for prefilling requests
+        self.reserved = 0  # KV tokens reserved for prefilling (and ready) requests
         self.busy = False
+        # async scheduling: the step after the running one, composed while it runs
+        self.lookahead = async_lag and chunk_tokens is None and cost.pp == 1
+        self.queued: tuple | None = None  # ("prefill", admitted, tokens, sq) | ("decode", joins)
+        self.ready: list[SimRequest] = []  # prefilled, join the next decode step composed
+        self.running_decode = False  # the running step decodes
 
     @property
     def load(self) -> int:
@@ -52,7 +63,7 @@ class ColocatedInstance:
     @property
     def num_unfinished(self) -> int:
         """Requests here not finished (waiting, prefilling, running): the engine's routing."""
-        return len(self.waiting) + len(self.prefilling) + self.batch.size
+        return len(self.waiting) + len(self.prefilling) + len(self.ready) + self.batch.size
 
     def enqueue(self, r: SimRequest) -> None:
         if r.prompt_len + r.remaining > self.capacity:
@@ -62,10 +73,12 @@ class ColocatedInstance:
         self.queued_tokens += r.prompt_len
         if not self.busy:
             self._start()
+        elif self.lookahead and self.queued is None:
+            self.queued = self._compose()
 
     def _can_admit(self, n: int) -> bool:
         b = self.batch
-        return (b.size + len(self.prefilling) < self.max_batch
+        return (b.size + len(self.prefilling) + len(self.ready) < self.max_batch
                 and b.sum_ctx + b.size + self.reserved + n + 1 <= self.capacity)
 
     def _admit(self, r: SimRequest, now: float) -> None:
@@ -84,6 +97,9 @@ class ColocatedInstance:
             self.queued_tokens += r.prompt_len
 
     def _start(self) -> None:
+        if self.lookahead:
+            self._start_async()
+            return
         self._preempt_overflow()
         if self.chunk_tokens is None:
             self._start_prefill_priority()
@@ -107,6 +123,57 @@ class ColocatedInstance:
             self._launch(self.cost.decode(self.batch.size, self.batch.sum_ctx), [], True)
         else:
             self.busy = False
+
+    def _start_async(self) -> None:
+        """Run the step composed while the last one ran (or compose one now), then compose the
+        step after it, as the engine fills its two-step pipeline."""
+        step, self.queued = self.queued or self._compose(), None
+        if step is None:
+            self.busy = False
+            return
+        b = self.batch
+        self._preempt_overflow()
+        if step[0] == "prefill":
+            _, admitted, tokens, sq = step
+            self.running_decode = False
+            self._launch(self.cost.prefill_stage(tokens, sq),
+                         [(r, r.pending_prefill) for r in admitted], False)
+        else:
+            for r in step[1]:
+                self.reserved -= r.ctx
+                b.join(r)
+            if not b.size:  # every request was preempted: prefill them again
+                self._start_async()
+                return
+            self.running_decode = True
+            self._launch(self.cost.decode(b.size, b.sum_ctx), [], True)
+        self.queued = self._compose()
+
+    def _compose(self) -> tuple | None:
+        """The engine's schedule() for the next step: a prefill of the waiting requests that
+        fit, else a decode of the running requests that outlast the running step (lookahead)
+        and of those prefilled since the last decode step was composed; None: nothing to do."""
+        now, waiting, tokens, sq = self.sim.now, self.waiting, 0, 0
+        admitted: list[SimRequest] = []
+        while waiting:
+            n = waiting[0].pending_prefill
+            if (admitted and tokens + n > self.max_tokens) or not self._can_admit(n):
+                break
+            admitted.append(waiting[0])
+            self._admit(waiting[0], now)
+            tokens += n
+            sq += n * n
+        if admitted:
+            return ("prefill", admitted, tokens, sq)
+        b = self.batch
+        stay = b.size
+        if self.busy and self.running_decode:  # NOTE: a request's last token is not looked past
+            nxt = b.step + 1
+            stay -= sum(r.batch is b and r.finish_step == nxt for r in b.finish_at.get(nxt, ()))
+        if not (stay or self.ready):
+            return None
+        joins, self.ready = self.ready, []
+        return ("decode", joins)
 
     def _start_chunked(self) -> None:
         now, b = self.sim.now, self.batch
@@ -158,15 +225,19 @@ class ColocatedInstance:
         for r, _ in chunks:
             if r.pending_prefill:
                 continue
-            self.reserved -= r.ctx
             r.log.append((_PE, now))
             if r.first_token < 0:
                 r.first_token = now
             if r.remaining == 0:
+                self.reserved -= r.ctx
                 r.last_token = now
                 cluster.finish(r)
                 continue
             r.log.append((_DB, now))
+            if self.lookahead:  # joins the next decode step composed from now on
+                self.ready.append(r)
+                continue
+            self.reserved -= r.ctx
             b.join(r)
         self.busy = False
         self._start()

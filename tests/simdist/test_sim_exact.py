@@ -70,6 +70,38 @@ def test_colocated_prefill_priority_exact(toy) -> None:
     assert r1.token_timestamps() == A([0.040, 0.047], abs=1e-12)
 
 
+def test_colocated_async_lag_exact(toy) -> None:
+    """With async scheduling the step after the running one is composed while it runs: r1
+    (arriving at 25 ms, in r0's first decode step, with the lookahead decode already composed)
+    prefills after that one, and r1, prefilled while r0's next decode was already composed,
+    joins the decode after it."""
+    wl = fixed_workload([100, 100], [6, 3], [0.0, 0.025])
+    spec = ClusterSpec("toy", (InstanceSpec("colocated"),), SchedulerSpec(async_lag=True))
+    res = simulate(spec, toy, wl, 1.0)
+    r0, r1 = res.requests
+    # r0: prefill 0-20, decode 20-26, 26-32; r1 prefill 32-52; r0 alone 52-58; both 58-65, 65-72
+    assert r0.token_timestamps() == A([0.020, 0.026, 0.032, 0.058, 0.065, 0.072], abs=1e-12)
+    assert r1.token_timestamps() == A([0.052, 0.065, 0.072], abs=1e-12)
+    # without the lag r1 prefills as soon as r0's running step ends, and joins right after
+    base = simulate(ClusterSpec("toy", (InstanceSpec("colocated"),)), toy, wl, 1.0)
+    assert base.requests[1].token_timestamps() == A([0.046, 0.053, 0.060], abs=1e-12)
+    inst = res.cluster.colocated[0]
+    assert (inst.queued, inst.ready, inst.reserved, inst.busy) == (None, [], 0, False)
+
+
+def test_colocated_async_lag_composes_at_each_return(toy) -> None:
+    """r1 arrives in r0's prefill with nothing composed after it: its prefill is composed at
+    once and runs next (20-40). r0's decode was composed when r0's prefill came back, before r1's
+    did: r0 decodes alone (40-46), and r1 after it (46-52); a request's last token is never
+    looked past, so nothing of r0 rides along."""
+    wl = fixed_workload([100, 100], [2, 2], [0.0, 0.005])
+    spec = ClusterSpec("toy", (InstanceSpec("colocated"),), SchedulerSpec(async_lag=True))
+    r0, r1 = simulate(spec, toy, wl, 1.0).requests
+    assert r0.token_timestamps() == A([0.020, 0.046], abs=1e-12)
+    assert r1.token_timestamps() == A([0.040, 0.052], abs=1e-12)
+    assert dict(r1.log)[E.PREFILL_BEGIN] == A(0.005)  # composed (scheduled) at arrival
+
+
 def test_colocated_chunked_prefill_exact(toy) -> None:
     wl = fixed_workload([100, 100], [3, 2], [0.0, 0.005])
     spec = ClusterSpec("toy", (InstanceSpec("colocated"),), SchedulerSpec(chunk_tokens=64))

@@ -16,6 +16,10 @@ CASES = {
     "pp_prefill": ClusterSpec("opt-13b", (InstanceSpec("prefill", 1, 4),
                                           InstanceSpec("decode", 2))),
     "colocated_tight": ClusterSpec("opt-13b", (C,), SchedulerSpec(kv_capacity_scale=0.03)),
+    "colocated_tight_async": ClusterSpec("opt-13b", (C,), SchedulerSpec(kv_capacity_scale=0.03,
+                                                                       async_lag=True)),
+    "2p2d_tight_kv_async": ClusterSpec("opt-13b", (P, P, D, D), SchedulerSpec(
+        kv_capacity_scale=0.06, async_lag=True)),
     "chunked_tight": ClusterSpec("opt-13b", (C, C), SchedulerSpec(chunk_tokens=256,
                                                                    kv_capacity_scale=0.03)),
 }
@@ -41,17 +45,20 @@ def test_tokens_and_resources_are_conserved(name: str, seed: int, rate: float) -
         assert inst.kv_used == 0 and inst.queued_tokens == 0 and not inst.waiting
     for inst in cl.decodes:
         assert (inst.reserved, inst.incoming, inst.pending_tokens) == (0, 0, 0)
+        assert not inst.arrived and not inst.deferred
         assert inst.batch.size == 0 and inst.batch.sum_ctx == 0 and not inst.recompute
     for inst in cl.colocated:
         assert (inst.reserved, inst.queued_tokens, inst.batch.size) == (0, 0, 0)
         assert not inst.prefilling and not inst.waiting and inst.batch.sum_ctx == 0
+        assert inst.queued is None and not inst.ready and not inst.busy
     assert cl.num_finished == len(res.requests)
 
 
 def test_tight_kv_actually_preempts() -> None:
     prof = load_profile("distserve-a100")
     wl = make_workload("sharegpt", 250, seed=1)
-    for name in ("2p2d_tight_kv", "colocated_tight"):
+    for name in ("2p2d_tight_kv", "colocated_tight", "colocated_tight_async",
+                 "2p2d_tight_kv_async"):
         res = simulate(CASES[name], prof, wl, 12.0)
         resumed = [r for r in res.requests if sum(e is E.DECODE_BEGIN for e, _ in r.log) > 1]
         assert resumed, name
