@@ -194,9 +194,12 @@ def calibration_lines(mode: str, cal: dict) -> list[str]:
              + (f" at {rates} req/s" if rates else "") + f" ({cal['num_requests']} requests): "
              f"factors prefill {f['prefill']:.3f} decode {f['decode']:.3f} transfer "
              f"{f['transfer']:.3f}, fixed decode step {cal.get('decode_step_ms', 0.0):.2f} ms"]
-    if fit:
-        lines.append(f"  decode fit: {fit['note']}; residual {fit['residual_ms']:.2f} ms/token "
-                     f"({100 * fit['residual_rel']:.0f} %)")
+    if fit.get("note"):
+        sweep = cal.get("decode_sweep")
+        src = (f" (decode sweep, b = {','.join(map(str, sweep))})" if sweep
+               else f" ({fit['source']})" if fit.get("source") else "")
+        lines.append(f"  decode fit{src}: {fit['note']}; residual {fit['residual_ms']:.2f} "
+                     f"ms/token ({100 * fit['residual_rel']:.0f} %)")
     return lines
 
 

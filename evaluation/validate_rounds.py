@@ -19,9 +19,12 @@ SERVE_FLAGS = ["--num-kv-blocks", "2048", "--max-num-seqs", "64",
                "--max-num-batched-tokens", "4096"]
 SCHED_LIMITS = dict(max_prefill_tokens=4096, max_batch_size=64,  # as SERVE_FLAGS
                     colocated_routing="requests",  # as the engine routes
-                    # as the engine's async scheduling: a migration landing mid-step joins the
-                    # decode step after next (offline on five saved runs' rows: 18 of 40 within
-                    # every target instead of 15)
+                    # as the engine's async scheduling (the step after the running one is
+                    # composed while it runs): a migration landing mid-step joins the decode step
+                    # after next (offline on five saved runs' rows: 18 of 40 within every target
+                    # instead of 15), and a colocated instance's arrivals and prefilled requests
+                    # wait one step more when a step is already composed (the real rounds' first
+                    # token gaps show it: simdist/README.md)
                     async_lag=True)
 QUIET_CORES = 0.25  # other load (cores) under which a calibration round counts as quiet
 
@@ -153,7 +156,8 @@ def calibration_rates(cfg: argparse.Namespace) -> list[float]:
 
 
 def host_with_contention(cfg: argparse.Namespace, host: dict, profile: object,
-                         rounds: list[tuple], roles: tuple[str, ...]) -> dict:
+                         rounds: list[tuple], roles: tuple[str, ...],
+                         decode_samples: list[tuple] | None = None) -> dict:
     """The pooled host section plus jitter and contention (simdist.host). When two calibration
     rounds replayed one trace, how far they disagree request by request is recorded
     (measured.replay_noise: simdist.calibrate.replay_pair_stats) and, with --fit-jitter, the
@@ -166,7 +170,8 @@ def host_with_contention(cfg: argparse.Namespace, host: dict, profile: object,
     --transfer-contention, a prefill + decode pair's `contention_transfer` is measured from the
     rounds' migrations first (simdist.calibrate.transfer_contention), so the fits see it
     (measured and reported either way). The host jitter the probe measured before the servers
-    started (`cfg.host_jitter`, --measure-jitter) goes in too, unless --fit-jitter fits one."""
+    started (`cfg.host_jitter`, --measure-jitter) goes in too, unless --fit-jitter fits one.
+    `decode_samples` (the decode sweep's rounds) go to the quantile fit's calibrations."""
     from simdist.calibrate import (
         exp_records,
         fit_contention,
@@ -206,7 +211,7 @@ def host_with_contention(cfg: argparse.Namespace, host: dict, profile: object,
     fit = None
     if cfg.fit_contention and method == "quantiles":
         fit = fit_contention_quantiles(with_host(profile, out), cfg.profile_model, rounds,
-                                       roles, sched_spec())
+                                       roles, sched_spec(), decode_samples=decode_samples)
     elif cfg.fit_contention and tuple(roles) == ("prefill", "decode"):
         fit = fit_contention(with_host(profile, out), cfg.profile_model, rounds, roles,
                              sched_spec())

@@ -27,7 +27,10 @@ its real medians next to the targets. With --host
 (default) each calibration round also measures the host (distllm.profiler.host: the server's
 frontend CPU per step, the load generator's per token, other load, the frontend's TTFT
 latency); the median per key over the rounds becomes the calibrated profile's `host` section,
-so simulated steps stretch with the load (simdist.host). A 30-request warm-up at the
+so simulated steps stretch with the load (simdist.host). With --decode-sweep (default 1,2,4,8,
+16) each calibration pass also sends b identical requests at once for every b, and the decode
+term is fitted to that sweep (one point per b and pass: the fixed and per-request decode cost
+the Poisson rounds, which mix batch sizes, cannot tell apart). A 30-request warm-up at the
 calibration rate precedes the rounds (the first loaded round after start-up runs slow), and
 each round is repeated while other processes keep the host busy.
 """
@@ -117,13 +120,29 @@ def calibration_round(cfg: argparse.Namespace, mode: str, server: Server, traces
     return quietest_round(cfg, mode, server, traces[f"calibrate-{k}"], slo, out)
 
 
+def sweep_pass(cfg: argparse.Namespace, mode: str, server: Server, traces: dict,
+               slo: tuple[float, float], k: int) -> list[tuple[int, Path]]:
+    """Pass k of the decode sweep: for every --decode-sweep batch size b (order rotated by k),
+    b identical requests sent at once; [(b, its `.exp`)]."""
+    sizes = cfg.decode_sweep[k % len(cfg.decode_sweep):] + cfg.decode_sweep[
+        :k % len(cfg.decode_sweep)]
+    out = Path(cfg.output_dir) / mode / "sweep" / f"pass-{k}"
+    return [(b, run_real(traces[f"sweep-{b}"], b, server.port, slo, out / f"b{b}",
+                         f"{mode}-sweep-{b}")) for b in sizes]
+
+
 def fit_calibration(cfg: argparse.Namespace, mode: str, traces: dict, profile: object,
-                    rounds: list[tuple[Path, dict]]) -> dict:
+                    rounds: list[tuple[Path, dict]],
+                    sweep: list[tuple[int, Path]] | None = None) -> dict:
     """The profile fitted to the calibration rounds (calibration_round's, in order): the host
     section measured from each round's CPU use and pooled (--host), then the profile's terms
-    fitted to all rounds' requests together (simdist.calibrate)."""
+    fitted to all rounds' requests together (simdist.calibrate), the decode term to the
+    decode sweep's rounds when there are any."""
     from simdist.calibrate import calibrate, exp_request_terms, with_host
 
+    decode_samples = [(_read_trace(traces[f"sweep-{b}"]),
+                       exp_request_terms(json.loads(path.read_text())))
+                      for b, path in sweep or []] or None
     roles, samples, hosts, exps = MODES[mode][1], [], [], []
     for k, (path, cpu) in enumerate(rounds):
         trace = _read_trace(traces[f"calibrate-{k}"])
@@ -135,9 +154,12 @@ def fit_calibration(cfg: argparse.Namespace, mode: str, traces: dict, profile: o
     if hosts:
         base = with_host(profile, host_with_contention(
             cfg, pooled_host(hosts), profile, list(zip([t for t, _ in samples], exps,
-                                                       strict=True)), roles))
+                                                       strict=True)), roles, decode_samples))
         logger.info("%s host: %s", mode, {k: v for k, v in base.host.items() if k != "measured"})
-    calib = calibrate(base, cfg.profile_model, samples, roles, sched_spec())
+    calib = calibrate(base, cfg.profile_model, samples, roles, sched_spec(),
+                      decode_samples=decode_samples)
+    if decode_samples:
+        calib["calibration"]["decode_sweep"] = sorted({b for b, _ in sweep})
     calib["calibration"]["rates"] = calibration_rates(cfg)
     logger.info("%s calibration: factors %s, decode step %.2f ms (%s)", mode,
                 calib["calibration"]["factors"], calib["calibration"]["decode_step_ms"],
@@ -196,7 +218,8 @@ def seeded(profile: object, seed: int) -> object:
 
 
 def schedule(cfg: argparse.Namespace) -> list[tuple]:
-    """Order of a mode's real rounds: ("calibrate", k) and ("rate", rate, k) items. sequential:
+    """Order of a mode's real rounds: ("calibrate", k), ("sweep", k) (the decode sweep's pass
+    k, right after calibration round k) and ("rate", rate, k) items. sequential:
     the calibration rounds, then each rate's --repeats rounds back to back. interleaved: pass k
     runs calibration round k (while any are left), then round k of every rate, the rates'
     order rotated by k, so that a drift of the host's speed over the run (this host's steps
@@ -204,12 +227,15 @@ def schedule(cfg: argparse.Namespace) -> list[tuple]:
     instead of showing up as an error that grows with the rate."""
     m = cfg.calibrate_rounds if cfg.calibrate else 0
     if cfg.schedule == "sequential":
-        return ([("calibrate", k) for k in range(m)]
+        return ([item for k in range(m)
+                 for item in [("calibrate", k)] + [("sweep", k)] * bool(cfg.decode_sweep)]
                 + [("rate", rate, k) for rate in cfg.rates for k in range(cfg.repeats)])
     out: list[tuple] = []
     for k in range(max(m, cfg.repeats)):
         if k < m:
             out.append(("calibrate", k))
+            if cfg.decode_sweep:
+                out.append(("sweep", k))
         if k < cfg.repeats:
             shift = k % len(cfg.rates)
             out += [("rate", rate, k) for rate in cfg.rates[shift:] + cfg.rates[:shift]]
@@ -225,6 +251,7 @@ def run_mode(cfg: argparse.Namespace, mode: str, traces: dict, profile: object,
     out, calib = Path(cfg.output_dir) / mode, None
     profiles = {"sim_raw": profile}
     cal_rounds: list[tuple[Path, dict]] = []
+    sweep: list[tuple[int, Path]] = []
     runs: dict[float, list[dict]] = {rate: [] for rate in cfg.rates}
     with Server(cfg.model, MODES[mode][0]) as server:
         run_real(traces["warmup"], cfg.warmup_requests, server.port, slo, out / "warmup",
@@ -232,11 +259,13 @@ def run_mode(cfg: argparse.Namespace, mode: str, traces: dict, profile: object,
         for item in schedule(cfg):
             if item[0] == "calibrate":
                 cal_rounds.append(calibration_round(cfg, mode, server, traces, slo, item[1]))
+            elif item[0] == "sweep":
+                sweep += sweep_pass(cfg, mode, server, traces, slo, item[1])
             else:
                 _, rate, k = item
                 runs[rate].append(real_round(cfg, mode, server, traces[rate], rate, slo, k))
     if cfg.calibrate:
-        calib = fit_calibration(cfg, mode, traces, profile, cal_rounds)
+        calib = fit_calibration(cfg, mode, traces, profile, cal_rounds, sweep)
         profiles["sim"] = LatencyProfile.from_dict(calib)
     rows = [score_row(cfg, mode, traces[rate], rate, slo, profiles, runs[rate])
             for rate in cfg.rates]
@@ -264,7 +293,21 @@ def write_traces(cfg: argparse.Namespace, rows: list[dict]) -> dict:
         trace = make_trace(rows, n, rate, seed, cfg.arrival, cfg.cv)
         paths[key] = d / f"trace-{key if isinstance(key, str) else f'{rate:g}'}.jsonl"
         paths[key].write_text("".join(json.dumps(r) + "\n" for r in trace))
+    for b in getattr(cfg, "decode_sweep", None) or []:
+        paths[f"sweep-{b}"] = d / f"trace-sweep-{b}.jsonl"
+        paths[f"sweep-{b}"].write_text("".join(
+            json.dumps(r) + "\n" for r in sweep_trace(rows, b, cfg.sweep_output_len)))
     return paths
+
+
+def sweep_trace(rows: list[dict], b: int, output_len: int) -> list[dict]:
+    """b copies of the dataset row whose prompt length is the median's (the first such), all
+    sent at once, each generating `output_len` tokens: a decode batch of b for most of it."""
+    lens = sorted(r["prompt_len"] for r in rows)
+    median = lens[len(lens) // 2]
+    row = next(r for r in rows if r["prompt_len"] == median)
+    return [{**row, "id": f"sweep-{b}-{i}", "output_len": output_len, "arrival_s": 0.0}
+            for i in range(b)]
 
 
 def validate(cfg: argparse.Namespace) -> dict:
@@ -376,12 +419,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "p50/p90 TTFT and TPOT best, any mode "
                         "(simdist.calibrate.fit_contention_quantiles); contrast: busy/idle "
                         "slowdowns, disaggregated only (simdist.calibrate.fit_contention)")
+    p.add_argument("--decode-sweep", default="1,2,4,8,16", metavar="B,...",
+                   help="with --calibrate: after each calibration round, send b identical "
+                        "requests at once for each b, and fit the decode term to these rounds "
+                        "(one point per b and pass) instead of the Poisson rounds; '' turns "
+                        "it off")
+    p.add_argument("--sweep-output-len", type=int, default=64,
+                   help="tokens each decode-sweep request generates")
     p.add_argument("--ttft-slo-ms", type=float, default=None)
     p.add_argument("--tpot-slo-ms", type=float, default=None)
     p.add_argument("-o", "--output-dir", default="evaluation/results/validate_simulator")
     ns = p.parse_args(argv)
     ns.rates = [float(r) for r in ns.rates.split(",")]
     ns.modes = [m for m in ns.modes.split(",") if m]
+    try:
+        ns.decode_sweep = [int(b) for b in ns.decode_sweep.split(",") if b.strip()]
+    except ValueError:
+        p.error(f"--decode-sweep: comma-separated batch sizes, got {ns.decode_sweep!r}")
+    if any(b < 1 for b in ns.decode_sweep) or len(set(ns.decode_sweep)) < len(ns.decode_sweep):
+        p.error("--decode-sweep: batch sizes must be distinct and >= 1")
+    if ns.sweep_output_len < 2:
+        p.error("--sweep-output-len must be >= 2 (a decode term needs two tokens)")
+    if not ns.calibrate:
+        ns.decode_sweep = []
     if ns.calibrate_rounds < 1 or not 0.0 <= ns.calibrate_rate_spread < 1.0:
         p.error("--calibrate-rounds must be >= 1 and --calibrate-rate-spread in [0, 1)")
     if ns.measure_jitter < 0:

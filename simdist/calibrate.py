@@ -231,13 +231,16 @@ def _pooled_terms(d: dict, source: str, model_name: str, samples: Sequence[tuple
 
 def calibrate(profile: LatencyProfile, model_name: str, samples: Sequence[tuple],
               roles: Sequence[str], sched: SchedulerSpec | None = None, rounds: int = 3,
-              fit_step: bool = True) -> dict:
+              fit_step: bool = True, decode_samples: Sequence[tuple] | None = None) -> dict:
     """Profile dict fitted to real rounds: `samples` = [(trace, real)] (real: request_terms
     of that trace's requests, in order; several rounds pool their requests). Per round of a
     fixed point (scaling changes the batching): prefill and transfer terms scaled by the
     pooled median real/simulated ratio; decode per token fitted as scale * (simulated step
     without the fixed term) + decode_step_ms (decode_fit; `fit_step` False: scale only).
-    The result is recorded under "calibration"."""
+    `decode_samples` (same form): rounds the decode fit uses instead of `samples`, one
+    point per round, e.g. a decode sweep (b requests sent at once, for several b: each round
+    one batch size, so the points span the batch regimes the Poisson rounds mix). The result
+    is recorded under "calibration"."""
     d = profile.to_dict()
     d["overhead"] = dict(d.get("overhead", {}))
     factors = {"prefill": 1.0, "decode": 1.0, "transfer": 1.0}
@@ -246,6 +249,9 @@ def calibrate(profile: LatencyProfile, model_name: str, samples: Sequence[tuple]
         real, sim, groups = _pooled_terms(d, profile.source, model_name, samples, roles, sched)
         step = median_ratios(real, sim)
         cur = float(d["overhead"].get("decode_step_ms", 0.0))
+        if decode_samples:
+            real, sim, groups = _pooled_terms(d, profile.source, model_name, decode_samples,
+                                              roles, sched)
         pairs = [(1e3 * r["decode"], 1e3 * s["decode"] - cur, k)
                  for r, s, k in zip(real, sim, groups, strict=True)
                  if r is not None and s is not None and r["decode"] > 0 and s["decode"] > 0]
@@ -257,8 +263,8 @@ def calibrate(profile: LatencyProfile, model_name: str, samples: Sequence[tuple]
     d["calibration"] = {
         "roles": list(roles), "factors": factors,
         "decode_step_ms": float(d["overhead"].get("decode_step_ms", 0.0)),
-        "decode_fit": fit, "rounds_used": len(samples),
-        "num_requests": sum(len(t) for t, _ in samples)}
+        "decode_fit": {**fit, "source": "decode sweep" if decode_samples else "rounds"},
+        "rounds_used": len(samples), "num_requests": sum(len(t) for t, _ in samples)}
     d["source"] = f"{profile.source} (calibrated)"
     return d
 
@@ -331,11 +337,13 @@ def quantile_loss(real: Sequence[dict], sim: Sequence[dict]) -> float:
 def fit_contention_quantiles(profile: LatencyProfile, model_name: str,
                              rounds: Sequence[tuple], roles: Sequence[str],
                              sched: SchedulerSpec | None = None,
-                             grid: Sequence[float] = QUANTILE_GRID) -> dict:
+                             grid: Sequence[float] = QUANTILE_GRID,
+                             decode_samples: Sequence[tuple] | None = None) -> dict:
     """Contention coefficients of `profile`'s host section from real rounds `[(trace, real
     .exp dict)]`: every (c_prefill, c_decode) on `grid` x `grid`, the profile calibrated to
-    the rounds with it (`calibrate`), the rounds simulated; the pair with the least
-    `quantile_loss` wins (ties: the smaller coefficients). Any roles (colocated too)."""
+    the rounds with it (`calibrate`; its decode fit to `decode_samples` when given), the
+    rounds simulated; the pair with the least `quantile_loss` wins (ties: the smaller
+    coefficients). Any roles (colocated too)."""
     if not profile.host:
         raise ValueError("fit_contention_quantiles needs a profile with a host section")
     samples = [(t, exp_request_terms(e)) for t, e in rounds]
@@ -345,7 +353,8 @@ def fit_contention_quantiles(profile: LatencyProfile, model_name: str,
         for cd in grid:
             host = {**profile.host, "contention_prefill": cp, "contention_decode": cd}
             calib = LatencyProfile.from_dict(
-                calibrate(with_host(profile, host), model_name, samples, roles, sched))
+                calibrate(with_host(profile, host), model_name, samples, roles, sched,
+                          decode_samples=decode_samples))
             sim = [latency_quantiles(exp_records(simulate_trace(t, roles, calib, model_name,
                                                                 sched)))
                    for t, _ in rounds]

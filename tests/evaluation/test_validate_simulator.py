@@ -87,7 +87,8 @@ def test_validate_end_to_end_on_a_short_workload(tmp_path: Path) -> None:
     code = vs.main(["--model", str(model), "--workdir", str(tmp_path / "wd"), "--rates", "4",
                     "--num-requests", "6", "--warmup-requests", "2", "-o", str(out),
                     "--ttft-slo-ms", "500", "--tpot-slo-ms", "100", "--calibrate-rounds", "1",
-                    "--measure-jitter", "0.5"])
+                    "--measure-jitter", "0.5", "--decode-sweep", "1,3", "--sweep-output-len",
+                    "6"])
     # NOTE: one calibration round as before pooling (a 2nd round adds ~11 s); the rounds'
     # loop is covered without servers by test_calibration_pools_its_rounds
     assert code == 0
@@ -104,9 +105,12 @@ def test_validate_end_to_end_on_a_short_workload(tmp_path: Path) -> None:
     assert real["transfer"] > 0  # migrations happened and were timed
     assert report["modes"]["colocated"][0]["real"]["terms_ms"]["transfer"] == 0
     assert set(report["calibration"]) == {"disaggregated", "colocated"}
-    for cal in report["calibration"].values():
+    for mode, cal in report["calibration"].items():
         assert cal["rounds_used"] == 1 and cal["rates"] == [4.0]
-        assert not cal["decode_fit"]["identified"]  # one round: scale only
+        assert cal["decode_sweep"] == [1, 3] and cal["decode_fit"]["source"] == "decode sweep"
+        assert cal["decode_fit"]["num_requests"] == 4  # the sweep's requests, not the round's
+        assert sorted(p.name for p in (out / mode / "sweep" / "pass-0").iterdir()) == [
+            "b1", "b3"]
     probe = report["host_jitter"]  # measured before the servers started, half a second
     assert probe["units"] > 0 and probe["jitter_sd"] >= 0
     if probe["jitter_sd"] > 0:  # the calibrated profiles carry it
@@ -156,21 +160,41 @@ def test_unbiased_pass_probability() -> None:
 
 def test_schedule_interleaves_calibration_and_rates() -> None:
     cfg = vs.parse_args(["--rates", "3,6,9", "--repeats", "3", "--calibrate-rounds", "2"])
-    assert cfg.schedule == "interleaved"
+    assert cfg.schedule == "interleaved" and cfg.decode_sweep == [1, 2, 4, 8, 16]
     assert vs.schedule(cfg) == [
-        ("calibrate", 0), ("rate", 3.0, 0), ("rate", 6.0, 0), ("rate", 9.0, 0),
-        ("calibrate", 1), ("rate", 6.0, 1), ("rate", 9.0, 1), ("rate", 3.0, 1),
+        ("calibrate", 0), ("sweep", 0), ("rate", 3.0, 0), ("rate", 6.0, 0), ("rate", 9.0, 0),
+        ("calibrate", 1), ("sweep", 1), ("rate", 6.0, 1), ("rate", 9.0, 1), ("rate", 3.0, 1),
         ("rate", 9.0, 2), ("rate", 3.0, 2), ("rate", 6.0, 2)]
     cfg.schedule = "sequential"
-    assert vs.schedule(cfg) == [("calibrate", 0), ("calibrate", 1)] + [
+    assert vs.schedule(cfg) == [("calibrate", 0), ("sweep", 0), ("calibrate", 1),
+                                ("sweep", 1)] + [
         ("rate", r, k) for r in (3.0, 6.0, 9.0) for k in range(3)]
-    # more calibration rounds than repeats; no calibration at all
-    cfg = vs.parse_args(["--rates", "4", "--calibrate-rounds", "3"])
+    # more calibration rounds than repeats (no sweep); no calibration at all
+    cfg = vs.parse_args(["--rates", "4", "--calibrate-rounds", "3", "--decode-sweep", ""])
     assert vs.schedule(cfg) == [("calibrate", 0), ("rate", 4.0, 0), ("calibrate", 1),
                                 ("calibrate", 2)]
     cfg = vs.parse_args(["--rates", "4,8", "--repeats", "2", "--no-calibrate"])
     assert vs.schedule(cfg) == [("rate", 4.0, 0), ("rate", 8.0, 0), ("rate", 8.0, 1),
                                 ("rate", 4.0, 1)]
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--decode-sweep", "1,x", "--decode-sweep: comma-separated"),
+    ("--decode-sweep", "2,2", "--decode-sweep: batch sizes must be distinct"),
+    ("--decode-sweep", "0,4", "--decode-sweep: batch sizes must be distinct and >= 1"),
+    ("--sweep-output-len", "1", "--sweep-output-len must be >= 2")])
+def test_decode_sweep_flags_are_checked(capsys, flag: str, value: str, message: str) -> None:
+    with pytest.raises(SystemExit):
+        vs.parse_args([flag, value])
+    assert message in capsys.readouterr().err
+
+
+def test_sweep_trace_sends_the_median_prompt_b_times_at_once() -> None:
+    rows = [{"prompt": f"p{n}", "prompt_len": n, "output_len": 5} for n in (40, 10, 30, 20, 50)]
+    trace = vs.sweep_trace(rows, 3, 64)
+    assert [r["prompt_len"] for r in trace] == [30] * 3
+    assert {r["arrival_s"] for r in trace} == {0.0} and {r["output_len"] for r in trace} == {64}
+    assert len({r["id"] for r in trace}) == 3
 
 
 def test_real_spread_and_misses_inside_it() -> None:

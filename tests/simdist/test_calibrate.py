@@ -81,6 +81,29 @@ def test_calibration_recovers_scale_and_fixed_step_from_two_rates() -> None:
         assert ratio == pytest.approx(1.0, abs=0.03)
 
 
+def test_decode_sweep_identifies_the_fixed_step_one_rate_cannot() -> None:
+    """Rounds at one rate cannot tell the fixed per-step cost from a scale (one batch regime);
+    a decode sweep (b = 1..16 requests sent at once) of the same 'real' server can: with it the
+    fit finds decode = 1.15 x the profiled step + 3 ms, and the rounds still set prefill."""
+    prof = plain_demo_profile()
+    truth = _truth(prof, {"prefill": 1.3, "decode": 1.15, "transfer": 1.0}, 3.0)
+    trace = _trace(3.0, 0)
+    samples = [(trace, exp_request_terms(simulate_trace(trace, ROLES, truth, MODEL)))]
+    sweep = []
+    for b in (1, 2, 4, 8, 16):
+        t = [{**ROWS[10], "output_len": 40, "arrival_s": 0.0} for _ in range(b)]
+        sweep.append((t, exp_request_terms(simulate_trace(t, ROLES, truth, MODEL))))
+    rounds_only = calibrate(prof, MODEL, samples, ROLES)["calibration"]
+    assert not rounds_only["decode_fit"]["identified"]
+    assert rounds_only["decode_fit"]["source"] == "rounds"
+    cal = calibrate(prof, MODEL, samples, ROLES, decode_samples=sweep)["calibration"]
+    assert cal["decode_fit"]["identified"] and cal["decode_fit"]["source"] == "decode sweep"
+    assert cal["factors"]["decode"] == pytest.approx(1.15, rel=0.08)
+    assert cal["decode_step_ms"] == pytest.approx(3.0, abs=0.6)
+    assert cal["factors"]["prefill"] == pytest.approx(1.3, rel=0.03)
+    assert cal["num_requests"] == 30  # the sweep is not pooled into the rounds' terms
+
+
 def test_calibration_pools_the_rounds_requests() -> None:
     """A round as if 1.2x slower prefill and one 1.6x slower at the same rate: pooled, the
     factor lies between them; each alone gives its own; one rate: no fixed step."""
