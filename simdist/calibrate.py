@@ -206,6 +206,9 @@ def _scaled(d: dict, model_name: str, step: dict[str, float],
         entry["prefill"] = [x * step["prefill"] for x in entry["prefill"]]
         for key in ("decode_small", "decode_large"):
             entry[key] = [x * step["decode"] for x in entry[key]]
+        if "decode_points" in entry:
+            entry["decode_points"] = [[b, n, ms * step["decode"]]
+                                      for b, n, ms in entry["decode_points"]]
     d["overhead"]["transfer_ms"] = d["overhead"].get("transfer_ms", 0.0) * step["transfer"]
     d["interconnect"] = {k: v / step["transfer"] for k, v in d["interconnect"].items()}
     if decode_step_ms is not None:

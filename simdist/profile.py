@@ -6,9 +6,16 @@ for DistServe's published A100 files.
 plus a per-iteration overhead (iteration_ms + per_token_ms * tokens; decode_step_ms on decode
 iterations only: the engine loop's fixed cost per step fitted by simdist.calibrate), PP dividing
 the time, KV bytes per token, KV capacity in tokens per (tp, pp), and interconnect bandwidths.
+
+A TP entry may also carry the measured decode steps it was fitted to, `decode_points`
+[[batch, sum_ctx, ms], ...] (`distllm profile` writes them): at pp = 1 simdist then
+interpolates them (DecodeTable) instead of the two linear regimes, whose least-squares fit
+leaves ~10 % at some grid points (on the demo model's CPU profile -6 % at batch 8, where a
+served decode sweep matched the points within ~5 %). Absent: the regimes, bit for bit as before.
 """
 from __future__ import annotations
 
+import bisect
 import csv
 import json
 import logging
@@ -26,11 +33,60 @@ SHIPPED = {"distserve-a100": "a100-80g.distserve.json", "vllm-a100": "a100-80g.v
            "cpu-demo": "cpu-demo.json"}  # cpu-demo: `distllm demo`'s model, `distllm profile`
 
 
+class DecodeTable:
+    """Measured decode steps on a grid of batch size x context per request, interpolated:
+    piecewise linear in the mean context per request along each measured batch size, then
+    linear in the batch size between the two measured sizes around it. Beyond the measured
+    batch sizes or contexts the regime model (`model(batch, sum_ctx)`, seconds) carries on
+    from the nearest edge point, scaled to meet it there."""
+
+    __slots__ = ("batches", "ctx", "sec", "model")
+
+    def __init__(self, points: list, model) -> None:  # noqa: ANN001 - (int, int) -> float
+        curves: dict[int, list[tuple[float, float]]] = {}
+        for batch, sum_ctx, ms in points:
+            if batch < 1 or sum_ctx < 0 or ms <= 0:
+                raise ValueError(f"decode_points: bad point {[batch, sum_ctx, ms]}")
+            curves.setdefault(int(batch), []).append((sum_ctx / batch, ms * 1e-3))
+        if not curves:
+            raise ValueError("decode_points is empty")
+        self.batches = sorted(curves)
+        self.ctx = [[c for c, _ in sorted(curves[b])] for b in self.batches]
+        self.sec = [[t for _, t in sorted(curves[b])] for b in self.batches]
+        self.model = model
+
+    def _along(self, i: int, ctx: float) -> float:
+        """Step of measured batch size i at `ctx` tokens per request."""
+        b, xs, ys = self.batches[i], self.ctx[i], self.sec[i]
+        if ctx <= xs[0] or ctx >= xs[-1]:
+            j = 0 if ctx <= xs[0] else len(xs) - 1
+            if ctx == xs[j]:
+                return ys[j]
+            return ys[j] * self.model(b, ctx * b) / self.model(b, xs[j] * b)
+        k = bisect.bisect_right(xs, ctx)
+        x0, x1 = xs[k - 1], xs[k]
+        return ys[k - 1] + (ys[k] - ys[k - 1]) * (ctx - x0) / (x1 - x0)
+
+    def __call__(self, batch: int, sum_ctx: int) -> float:
+        bs, ctx = self.batches, sum_ctx / batch
+        if batch <= bs[0] or batch >= bs[-1]:
+            i = 0 if batch <= bs[0] else len(bs) - 1
+            t = self._along(i, ctx)
+            if batch == bs[i]:
+                return t
+            return t * self.model(batch, sum_ctx) / self.model(bs[i], ctx * bs[i])
+        k = bisect.bisect_right(bs, batch)
+        if bs[k - 1] == batch:
+            return self._along(k - 1, ctx)
+        t0, t1 = self._along(k - 1, ctx), self._along(k, ctx)
+        return t0 + (t1 - t0) * (batch - bs[k - 1]) / (bs[k] - bs[k - 1])
+
+
 class StageCost:
     """Iteration times (seconds) of one instance configuration (model, tp, pp). Hot path."""
 
     __slots__ = ("pa", "pb", "pc", "sa", "sb", "sc", "la", "lb", "lc", "threshold", "pp",
-                 "it_s", "tok_s", "stage_s", "dstep_s")
+                 "it_s", "tok_s", "stage_s", "dstep_s", "table")
 
     def __init__(self, coeffs: dict, pp: int, overhead: dict) -> None:
         ms = 1e-3
@@ -44,6 +100,15 @@ class StageCost:
         self.stage_s = overhead.get("prefill_stage_ms", 0.0) * ms
         # NOTE: 0.0 when absent, and (a + it_s) + 0.0 == a + it_s: bit-identical steps
         self.dstep_s = overhead.get("decode_step_ms", 0.0) * ms
+        # measured decode steps (pp = 1 only: the table holds whole steps, not stages)
+        points = coeffs.get("decode_points")
+        self.table = DecodeTable(points, self._regimes) if points and pp == 1 else None
+
+    def _regimes(self, batch: int, sum_ctx: int) -> float:
+        """The two-regime linear decode step (seconds), without overheads, at pp = 1."""
+        if batch < self.threshold:
+            return self.sa + self.sb * sum_ctx + self.sc * batch
+        return self.la + self.lb * sum_ctx + self.lc * batch
 
     def prefill_stage(self, sum_l: int, sum_l2: int) -> float:
         """Time one pipeline stage is busy with a prefill batch (latency = pp * this)."""
@@ -53,6 +118,9 @@ class StageCost:
     def decode(self, batch: int, sum_ctx: int) -> float:
         """One decode iteration over `batch` requests holding `sum_ctx` KV tokens. With PP the
         batch is split in pp micro-batches that keep every stage busy: a + (b*S + c*B) / pp."""
+        if self.table is not None:
+            return (self.table(batch, sum_ctx) + self.it_s + self.dstep_s
+                    + self.tok_s * sum_ctx)
         if batch < self.threshold:
             a, b, c = self.sa, self.sb, self.sc
         else:

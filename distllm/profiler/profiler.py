@@ -144,7 +144,10 @@ def to_profile(run: ProfileRun, model_name: str, kv_bytes_per_token: int, tp: in
     if run.transfer:
         interconnect = {"nvlink_gb_s": run.transfer["gb_s"], "network_gb_s": run.transfer["gb_s"]}
         overhead["transfer_ms"] = run.transfer["latency_ms"]
-    model = {"kv_bytes_per_token": kv_bytes_per_token, "tp": {str(tp): run.fit.entry},
+    # NOTE: the measured decode steps too: simdist interpolates them (simdist.profile.DecodeTable)
+    # where the two fitted regimes leave up to ~10 % at some grid points
+    entry = {**run.fit.entry, "decode_points": [[b, n, ms] for b, n, ms in run.decode]}
+    model = {"kv_bytes_per_token": kv_bytes_per_token, "tp": {str(tp): entry},
              "kv_capacity_tokens": {f"{tp}x{pp}": run.kv_capacity_tokens}}
     out = {"format": PROFILE_FORMAT, "hardware": hardware, "engine": engine,
            "source": source or f"distllm profile on {platform.node() or 'this host'}",

@@ -159,7 +159,8 @@ def test_unbiased_pass_probability() -> None:
 
 
 def test_schedule_interleaves_calibration_and_rates() -> None:
-    cfg = vs.parse_args(["--rates", "3,6,9", "--repeats", "3", "--calibrate-rounds", "2"])
+    cfg = vs.parse_args(["--rates", "3,6,9", "--repeats", "3", "--calibrate-rounds", "2",
+                         "--decode-sweep", "1,2,4,8,16"])
     assert cfg.schedule == "interleaved" and cfg.decode_sweep == [1, 2, 4, 8, 16]
     assert vs.schedule(cfg) == [
         ("calibrate", 0), ("sweep", 0), ("rate", 3.0, 0), ("rate", 6.0, 0), ("rate", 9.0, 0),
@@ -170,7 +171,8 @@ def test_schedule_interleaves_calibration_and_rates() -> None:
                                 ("sweep", 1)] + [
         ("rate", r, k) for r in (3.0, 6.0, 9.0) for k in range(3)]
     # more calibration rounds than repeats (no sweep); no calibration at all
-    cfg = vs.parse_args(["--rates", "4", "--calibrate-rounds", "3", "--decode-sweep", ""])
+    cfg = vs.parse_args(["--rates", "4", "--calibrate-rounds", "3"])
+    assert cfg.decode_sweep == []  # off by default
     assert vs.schedule(cfg) == [("calibrate", 0), ("rate", 4.0, 0), ("calibrate", 1),
                                 ("calibrate", 2)]
     cfg = vs.parse_args(["--rates", "4,8", "--repeats", "2", "--no-calibrate"])

@@ -127,6 +127,9 @@ def test_profile_dict_loads_in_simdist_and_predicts_the_fit() -> None:
     assert cost.prefill_stage(64, 64 * 64) * 1e3 == pytest.approx(
         predict_prefill(run.fit.entry["prefill"], [64]), rel=1e-9)
     assert cost.decode(4, 256) * 1e3 == pytest.approx(predict_decode(run.fit.entry, 4, 256))
+    # the measured decode steps ride along, and simdist interpolates them
+    assert d["models"]["toy"]["tp"]["1"]["decode_points"] == [list(x) for x in decode]
+    assert cost.table is not None and cost.decode(2, 64) * 1e3 == pytest.approx(1 + 0.064 + 0.2)
     assert prof.kv_capacity("toy", 1, 1) == 4096 and prof.kv_capacity("toy", 1, 2) == 8192
     assert prof.bandwidth_gb_s("nvlink") == 2.0 and prof.overhead["transfer_ms"] == 1.5
 
