@@ -23,18 +23,70 @@ def metrics_of(exp_path: Path, slo: tuple[float, float]) -> dict:
     out = {"attainment": slo_attainment(run.records, *slo), "completed": completed,
            "failed": len(run.records) - completed, **latency_quantiles(run.records)}
     out["terms_ms"] = lifecycle_terms(run.records, run.lifetimes)
+    out.update(term_tails(run.records, run.lifetimes))
     return out
 
 
+def term_tails(records: list, lifetimes: list) -> dict:
+    """p90 over the finished requests of each lifecycle term (ms; decode per output token;
+    transfer over the requests that migrated) and their mean decode tokens (output - 1), by
+    which a migration spreads over TPOT."""
+    from distllm.metrics import percentile
+    from simdist.calibrate import request_terms
+
+    per = [t for t in (request_terms(r, life) for r, life in zip(records, lifetimes,
+                                                                  strict=True)) if t]
+    p90 = {}
+    for name in TERMS:
+        # NOTE: every request queues and prefills (often 0 ms of queueing: kept); only the
+        # requests that migrated / decoded have the other terms
+        values = [1e3 * t[name] for t in per if name in ("queueing", "prefill") or t[name] > 0]
+        p90[name] = percentile(values, 90) if values else 0.0
+    tokens = [r.output_len - 1 for r in records if r.ok and r.output_len > 1]
+    return {"terms_p90_ms": p90, "decode_tokens": float(np.mean(tokens)) if tokens else 1.0}
+
+
+# the terms a metric is made of: TTFT = queueing + prefill (+ the frontend's latency, which is
+# measured, not modelled); TPOT = the migration spread over the decode tokens + decode per token
+METRIC_TERMS = {"ttft": ("queueing", "prefill"), "tpot": ("transfer", "decode")}
+
+
 def compare(real: dict, sim: dict) -> dict:
-    """Errors of the simulation against the measurement, and the term that is most off."""
+    """Errors of the simulation against the measurement, the term whose mean is most off, and
+    per metric (TTFT, TPOT) the term whose tail is most off: of the metric's terms, the largest
+    p90 difference in the metric's units (ms; a migration's per output token)."""
     err = {"attainment_pp": 100 * (sim["attainment"] - real["attainment"])}
     for key in ("p50_ttft_ms", "p90_ttft_ms", "p50_tpot_ms", "p90_tpot_ms"):
         err[key.replace("_ms", "_rel")] = (sim[key] - real[key]) / real[key] if real[key] else 0.0
     diffs = {t: sim["terms_ms"][t] - real["terms_ms"][t] for t in TERMS}
     err["term_diff_ms"] = diffs
     err["most_off_term"] = max(diffs, key=lambda t: abs(diffs[t]))
+    if "terms_p90_ms" in real and "terms_p90_ms" in sim:
+        rp, sp = real["terms_p90_ms"], sim["terms_p90_ms"]
+        err["term_p90_rel"] = {t: (sp[t] - rp[t]) / rp[t] if rp[t] else 0.0 for t in TERMS}
+        per_token = {"transfer": max(real.get("decode_tokens", 1.0), 1.0)}
+        tails = {}
+        for metric, terms in METRIC_TERMS.items():
+            off = {t: (sp[t] - rp[t]) / per_token.get(t, 1.0) for t in terms}
+            term = max(off, key=lambda t, o=off: abs(o[t]))
+            tails[metric] = {"term": term, "p90_diff_ms": off[term],
+                             "p90_rel": err["term_p90_rel"][term]}
+        err["tail_off_term"] = tails
     return err
+
+
+def miss_terms(row: dict, pp: float = 5.0, rel: float = 0.10) -> str:
+    """For a row that misses: per missed metric, the term whose tail is most off (attainment:
+    both metrics' terms); '' for a row without tail terms (older reports)."""
+    e = row["error"]
+    tails = e.get("tail_off_term")
+    if not tails:
+        return ""
+    missed = [m for m in ("ttft", "tpot") if abs(e[f"p90_{m}_rel"]) > rel]
+    if abs(e["attainment_pp"]) > pp:
+        missed = ["ttft", "tpot"]
+    return "; ".join(f"{m.upper()}: {tails[m]['term']} p90 {100 * tails[m]['p90_rel']:+.0f} %"
+                     for m in missed)
 
 
 def passes(err: dict, pp: float = 5.0, rel: float = 0.10) -> bool:
@@ -154,9 +206,13 @@ def format_report(report: dict) -> str:
                 f"{100 * e['p50_ttft_rel']:+6.1f}/{100 * e['p90_ttft_rel']:+6.1f} % | "
                 f"{100 * e['p50_tpot_rel']:+6.1f}/{100 * e['p90_tpot_rel']:+6.1f} % | "
                 f"{term} {e['term_diff_ms'][term]:+.1f} ms{'' if r['pass'] else '  MISS'}"
-                + _spread_text(r))
+                + _spread_text(r) + (f"  [{miss_terms(r)}]" if not r["pass"] and miss_terms(r)
+                                     else ""))
     lines.append("err: calibrated profile (raw: as profiled); TTFT/TPOT errors (sim - real) / "
                  f"real; all within target (5 pp, 10 %): {report['all_pass']}")
+    lines.append("most-off term: largest difference of the terms' means; [per missed metric: "
+                 "of its terms (TTFT: queueing, prefill; TPOT: transfer per token, decode), the "
+                 "one whose p90 is most off]")
     if any(r.get("real_spread") for rows in report["modes"].values() for r in rows):
         lines.append("spread: real rounds of the same trace, max - min (attainment pp; p90 TTFT / "
                      "TPOT % of their median); 'noise' marks a miss inside that spread")

@@ -74,6 +74,31 @@ def test_compare_names_the_most_off_term_and_passes_within_targets() -> None:
     assert vs.passes(err)
     assert not vs.passes({**err, "p90_tpot_rel": -0.11})
     assert not vs.passes({**err, "attainment_pp": 5.5})
+    assert "tail_off_term" not in err  # no tails (an older report's rows)
+
+
+def test_a_miss_names_the_term_whose_tail_is_off() -> None:
+    """Per missed metric, of its own terms, the one whose p90 is most off in the metric's
+    units: a migration's per decode token (40 ms more over 20 tokens: 2 ms/token) against the
+    decode term's -1.5 ms/token."""
+    from evaluation.validate_report import miss_terms
+
+    tails = {"queueing": 5.0, "prefill": 40.0, "transfer": 10.0, "decode": 6.0}
+    real = {"attainment": 0.9, "p50_ttft_ms": 50.0, "p90_ttft_ms": 100.0, "p50_tpot_ms": 5.0,
+            "p90_tpot_ms": 10.0, "terms_ms": {t: 1.0 for t in tails}, "terms_p90_ms": tails,
+            "decode_tokens": 20.0}
+    sim = {**real, "p90_ttft_ms": 80.0, "p90_tpot_ms": 8.5,
+           "terms_p90_ms": {**tails, "queueing": 2.0, "prefill": 30.0, "transfer": 50.0,
+                            "decode": 4.5}}
+    err = vs.compare(real, sim)
+    assert err["tail_off_term"]["ttft"] == {"term": "prefill", "p90_diff_ms": -10.0,
+                                            "p90_rel": -0.25}
+    assert err["tail_off_term"]["tpot"]["term"] == "transfer"
+    assert err["tail_off_term"]["tpot"]["p90_diff_ms"] == pytest.approx(2.0)
+    row = {"error": err, "pass": vs.passes(err)}
+    assert miss_terms(row) == "TTFT: prefill p90 -25 %; TPOT: transfer p90 +400 %"
+    row["error"] = {**err, "p90_ttft_rel": 0.05}  # only TPOT misses
+    assert miss_terms(row) == "TPOT: transfer p90 +400 %"
 
 
 @pytest.mark.slow
@@ -99,7 +124,8 @@ def test_validate_end_to_end_on_a_short_workload(tmp_path: Path) -> None:
         assert row["rate"] == 4.0 and row["real"]["completed"] == 6
         assert row["sim"]["completed"] == 6 and row["sim_raw"]["completed"] == 6
         assert set(row["error"]) >= {"attainment_pp", "p90_ttft_rel", "p90_tpot_rel",
-                                     "most_off_term"}
+                                     "most_off_term", "tail_off_term"}
+        assert row["real"]["terms_p90_ms"]["prefill"] > 0 and row["real"]["decode_tokens"] > 1
         assert row["real"]["terms_ms"]["prefill"] > 0 and row["real"]["terms_ms"]["decode"] > 0
     real = report["modes"]["disaggregated"][0]["real"]["terms_ms"]
     assert real["transfer"] > 0  # migrations happened and were timed
