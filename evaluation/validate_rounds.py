@@ -171,7 +171,10 @@ def host_with_contention(cfg: argparse.Namespace, host: dict, profile: object,
     rounds' migrations first (simdist.calibrate.transfer_contention), so the fits see it
     (measured and reported either way). The host jitter the probe measured before the servers
     started (`cfg.host_jitter`, --measure-jitter) goes in too, unless --fit-jitter fits one.
-    `decode_samples` (the decode sweep's rounds) go to the quantile fit's calibrations."""
+    `decode_samples` (the decode sweep's rounds) go to the quantile fit's calibrations. With
+    --migrate-contention the measured transfer contrast also stretches the decode
+    steps that start while migrations land (host.contention_migrate): the receive and the
+    steps share the decode worker's core, so each slows the other."""
     from simdist.calibrate import (
         exp_records,
         fit_contention,
@@ -183,7 +186,7 @@ def host_with_contention(cfg: argparse.Namespace, host: dict, profile: object,
     )
 
     fitted = ("contention_prefill", "contention_decode")  # what the contention fits return
-    keys = (*fitted, "contention_transfer")
+    keys = (*fitted, "contention_transfer", "contention_migrate")
     out = {**host, **{k: v for k, v in (profile.host or {}).items() if k in keys}}
     if tuple(roles) == ("prefill", "decode"):
         measured = transfer_contention([e for _, e in rounds])
@@ -191,6 +194,9 @@ def host_with_contention(cfg: argparse.Namespace, host: dict, profile: object,
             out["measured"] = {**out.get("measured", {}), "transfer_contention": measured}
             if getattr(cfg, "transfer_contention", False):
                 out["contention_transfer"] = measured["contention_transfer"]
+            if getattr(cfg, "migrate_contention", False):
+                # NOTE: the same sharing seen from the decode step's side
+                out["contention_migrate"] = measured["contention_transfer"]
     probe = getattr(cfg, "host_jitter", None)
     if probe and probe["jitter_sd"] > 0 and not getattr(cfg, "fit_jitter", False):
         out.update(jitter_sd=probe["jitter_sd"], jitter_ms=probe["jitter_ms"], jitter_seed=0.0)

@@ -170,7 +170,9 @@ class Cluster:
             return dt
         if is_prefill is None:
             is_prefill = isinstance(inst, PrefillInstance)
-        return host.begin_step(self.sim.now, dt, len(inst.gpus) // inst.cost.pp, is_prefill)
+        migrating = isinstance(inst, DecodeInstance) and inst.migrating > 0
+        return host.begin_step(self.sim.now, dt, len(inst.gpus) // inst.cost.pp, is_prefill,
+                               migrating)
 
     def step_done(self, inst: object, num_tokens: int) -> None:
         """A step of `inst` ended and streamed `num_tokens` output tokens."""

@@ -384,8 +384,10 @@ def test_host_section_takes_the_probed_jitter_and_the_measured_transfer_contenti
     assert (out["jitter_sd"], out["jitter_ms"]) == (0.07, 400.0)
     assert out["measured"]["jitter_probe"]["units"] == 100
     assert out["measured"]["transfer_contention"]["contention_transfer"] == pytest.approx(0.5)
-    assert "contention_transfer" not in out
+    assert "contention_transfer" not in out and "contention_migrate" not in out
     assert host(transfer_contention=True)["contention_transfer"] == pytest.approx(0.5)
+    both = host(migrate_contention=True)  # the same contrast, seen from the decode step
+    assert both["contention_migrate"] == pytest.approx(0.5) and "contention_transfer" not in both
     assert "jitter_sd" not in host(host_jitter={**probe, "jitter_sd": 0.0})
     colocated = host_with_contention(argparse.Namespace(fit_contention=False), {"cores": 2.0},
                                      profile, rounds, ("colocated", "colocated"))

@@ -83,7 +83,8 @@ def test_host_model_demand_and_window() -> None:
                                  {"cores": 2, "window_ms": 0},
                                  {"cores": 2, "background_cores": -0.5},
                                  {"cores": 2, "contention_decode": -0.1},
-                                 {"cores": 2, "contention_transfer": -0.1}])
+                                 {"cores": 2, "contention_transfer": -0.1},
+                                 {"cores": 2, "contention_migrate": -0.1}])
 def test_host_spec_validation(bad: dict) -> None:
     with pytest.raises(ValueError):
         HostSpec.from_dict(bad)
@@ -143,6 +144,29 @@ def test_transfer_contention_stretches_a_migration_that_starts_while_decode_step
     assert HostModel(HostSpec(cores=2, contention_transfer=0.7)).transfer_stretch(False) == 1.0
 
 
+def test_migrate_contention_stretches_a_decode_step_that_starts_while_kv_lands() -> None:
+    """Toy: r1's 5000-token KV migrates 0.530-0.535 s while r0 decodes (6 ms steps from
+    0.0201): the one step of r0 that starts inside that window takes (1 + 1.0) x 6 ms; no
+    other gap changes."""
+    wl = fixed_workload([100, 5000], [120, 2], [0.0, 0.005])
+
+    def run(host: dict) -> tuple[list[float], tuple[float, float]]:
+        r0, r1 = simulate(DISAGG, _with_host(toy_profile(), host), wl, 1.0).requests
+        ev = {e.value: t for e, t in r1.lifetime().events}
+        gaps = [b - a for a, b in zip(r0.token_timestamps(), r0.token_timestamps()[1:],
+                                      strict=False)]
+        return gaps, (ev["migration_begin"], ev["migration_end"])
+
+    base, (mb, me) = run({"cores": 2})
+    hit, window = run({"cores": 2, "contention_migrate": 1.0})
+    assert (mb, me) == (A(0.530), A(0.535)) and window == (A(mb), A(me))
+    stretched = [i for i, (a, b) in enumerate(zip(base, hit, strict=True)) if b != A(a)]
+    assert len(stretched) >= 1 and hit[stretched[0]] == A(0.012)
+    starts = [0.0201 + sum(hit[:i]) for i in stretched[:1]]
+    assert mb <= starts[0] < me  # the step that began while the KV landed
+    assert hit[:stretched[0]] == base[:stretched[0]]
+
+
 def test_host_model_contention_counts_other_instances_threads_only() -> None:
     host = HostModel(HostSpec(cores=8, contention_prefill=0.3, contention_decode=0.5))
     assert host.begin_step(0.0, 0.010, 2, is_prefill=True) == 0.010  # alone (its 2 threads)
@@ -163,7 +187,8 @@ def test_zero_or_absent_contention_keys_give_the_same_run_bit_for_bit() -> None:
     absent = simulate(spec, _with_host(prof, host), wl, 8.0)
     zero = simulate(spec, _with_host(prof, {**host, "contention_prefill": 0.0,
                                             "contention_decode": 0.0,
-                                            "contention_transfer": 0.0}), wl, 8.0)
+                                            "contention_transfer": 0.0,
+                                            "contention_migrate": 0.0}), wl, 8.0)
     assert _stamps(zero) == _stamps(absent)
     assert ([r.lifetime().events for r in zero.requests]
             == [r.lifetime().events for r in absent.requests])
