@@ -295,6 +295,8 @@ def contention_lines(host: dict) -> list[str]:
         line += (f"; KV transfer +{transfer['contention_transfer']:.2f} while decode steps "
                  f"(median {transfer['busy_ms']:.1f} ms over {transfer['busy']} migrations vs "
                  f"{transfer['idle_ms']:.1f} ms over {transfer['idle']} idle; {used})")
+    if host.get("contention_migrate"):
+        line += f"; decode steps +{host['contention_migrate']:.2f} while KV lands (simulated)"
     fit = host.get("measured", {}).get("contention_fit")
     if fit and fit.get("method") == "quantiles":
         line += (f"; fitted to the rounds' p50/p90 TTFT and TPOT: squared relative error "

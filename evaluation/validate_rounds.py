@@ -172,7 +172,7 @@ def host_with_contention(cfg: argparse.Namespace, host: dict, profile: object,
     (measured and reported either way). The host jitter the probe measured before the servers
     started (`cfg.host_jitter`, --measure-jitter) goes in too, unless --fit-jitter fits one.
     `decode_samples` (the decode sweep's rounds) go to the quantile fit's calibrations. With
-    --migrate-contention the measured transfer contrast also stretches the decode
+    --migrate-contention (default) the measured transfer contrast also stretches the decode
     steps that start while migrations land (host.contention_migrate): the receive and the
     steps share the decode worker's core, so each slows the other."""
     from simdist.calibrate import (

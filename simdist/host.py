@@ -52,10 +52,11 @@ KV migrations to its instance are in flight lasts (1 + contention_migrate) times
 req/s on the demo host the decode worker, with a batch nearly all the round, was busy only 0.72
 of a core while the host had half a core spare, and the simulated decode term per token fell
 28 % short of the real one there (colocated instances, without migrations, matched).
-evaluation/validate_simulator.py --migrate-contention sets it to the measured transfer contrast
-(the same sharing seen from the step's side). Re-calibrated offline on eight saved runs, the
-disaggregated rows' mean |p90 TPOT error| fell from 9.5 to 8.7 %, but as many of them met every
-target (17 of 32), so it is off by default.
+evaluation/validate_simulator.py (--migrate-contention, default) sets it to the measured
+transfer contrast (the same sharing seen from the step's side). Re-calibrated offline on eight
+saved runs, the disaggregated rows' mean |p90 TPOT error| fell from 9.5 to 8.7 % (as many rows
+met every target, 17 of 32); a live run with it met 6 of 8 rows, disaggregated p90 TPOT errors
+-2 / +2 / -12 / -20 % at 3 / 6 / 9 / 12 req/s against -9 / -7 / -20 / -36 % in the run before.
 
 Host jitter (`jitter_sd`, `jitter_ms`, `jitter_seed`; absent sd = 0: off, bit for bit as before):
 this shared host's speed wanders. Replaying one trace six times against the demo server, the

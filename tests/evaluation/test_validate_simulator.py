@@ -385,6 +385,7 @@ def test_host_section_takes_the_probed_jitter_and_the_measured_transfer_contenti
     assert out["measured"]["jitter_probe"]["units"] == 100
     assert out["measured"]["transfer_contention"]["contention_transfer"] == pytest.approx(0.5)
     assert "contention_transfer" not in out and "contention_migrate" not in out
+    assert vs.parse_args([]).migrate_contention  # on by default
     assert host(transfer_contention=True)["contention_transfer"] == pytest.approx(0.5)
     both = host(migrate_contention=True)  # the same contrast, seen from the decode step
     assert both["contention_migrate"] == pytest.approx(0.5) and "contention_transfer" not in both
