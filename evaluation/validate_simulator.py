@@ -124,11 +124,15 @@ def sweep_pass(cfg: argparse.Namespace, mode: str, server: Server, traces: dict,
                slo: tuple[float, float], k: int) -> list[tuple[int, Path]]:
     """Pass k of the decode sweep: for every --decode-sweep batch size b (order rotated by k),
     b identical requests sent at once; [(b, its `.exp`)]."""
-    sizes = cfg.decode_sweep[k % len(cfg.decode_sweep):] + cfg.decode_sweep[
-        :k % len(cfg.decode_sweep)]
     out = Path(cfg.output_dir) / mode / "sweep" / f"pass-{k}"
     return [(b, run_real(traces[f"sweep-{b}"], b, server.port, slo, out / f"b{b}",
-                         f"{mode}-sweep-{b}")) for b in sizes]
+                         f"{mode}-sweep-{b}")) for b in _rotated(cfg.decode_sweep, k)]
+
+
+def _rotated(items: list, k: int) -> list:
+    """`items` rotated left by k (passes take the items in turn from a different start)."""
+    k %= len(items)
+    return items[k:] + items[:k]
 
 
 def fit_calibration(cfg: argparse.Namespace, mode: str, traces: dict, profile: object,
@@ -226,19 +230,19 @@ def schedule(cfg: argparse.Namespace) -> list[tuple]:
     slow down or speed up by 30 % within minutes) hits the calibration and every rate alike
     instead of showing up as an error that grows with the rate."""
     m = cfg.calibrate_rounds if cfg.calibrate else 0
+
+    def calibration(k: int) -> list[tuple]:
+        return [("calibrate", k)] + ([("sweep", k)] if cfg.decode_sweep else [])
+
     if cfg.schedule == "sequential":
-        return ([item for k in range(m)
-                 for item in [("calibrate", k)] + [("sweep", k)] * bool(cfg.decode_sweep)]
+        return ([item for k in range(m) for item in calibration(k)]
                 + [("rate", rate, k) for rate in cfg.rates for k in range(cfg.repeats)])
     out: list[tuple] = []
     for k in range(max(m, cfg.repeats)):
         if k < m:
-            out.append(("calibrate", k))
-            if cfg.decode_sweep:
-                out.append(("sweep", k))
+            out += calibration(k)
         if k < cfg.repeats:
-            shift = k % len(cfg.rates)
-            out += [("rate", rate, k) for rate in cfg.rates[shift:] + cfg.rates[:shift]]
+            out += [("rate", rate, k) for rate in _rotated(cfg.rates, k)]
     return out
 
 

@@ -106,15 +106,26 @@ class ColocatedInstance:
         else:
             self._start_chunked()
 
-    def _start_prefill_priority(self) -> None:
+    def _admit_waiting(self) -> tuple[list[SimRequest], int, int]:
+        """Admit waiting requests FCFS into one prefill batch while they fit its token budget
+        (the first whatever its length) and the KV / batch room: (admitted, tokens, sum of
+        squared lengths)."""
         now, waiting, tokens, sq = self.sim.now, self.waiting, 0, 0
+        admitted: list[SimRequest] = []
         while waiting:
             n = waiting[0].pending_prefill
-            if (self.prefilling and tokens + n > self.max_tokens) or not self._can_admit(n):
+            if (admitted and tokens + n > self.max_tokens) or not self._can_admit(n):
                 break
+            admitted.append(waiting[0])
             self._admit(waiting[0], now)
             tokens += n
             sq += n * n
+        return admitted, tokens, sq
+
+    def _start_prefill_priority(self) -> None:
+        # NOTE: nothing is left prefilling between iterations here (whole prompts), so the
+        # admitted requests are self.prefilling
+        _, tokens, sq = self._admit_waiting()
         if self.prefilling:
             chunks = [(r, r.pending_prefill) for r in self.prefilling]
             dt = self.cost.prefill_stage(tokens, sq) * self.cost.pp
@@ -153,16 +164,7 @@ class ColocatedInstance:
         """The engine's schedule() for the next step: a prefill of the waiting requests that
         fit, else a decode of the running requests that outlast the running step (lookahead)
         and of those prefilled since the last decode step was composed; None: nothing to do."""
-        now, waiting, tokens, sq = self.sim.now, self.waiting, 0, 0
-        admitted: list[SimRequest] = []
-        while waiting:
-            n = waiting[0].pending_prefill
-            if (admitted and tokens + n > self.max_tokens) or not self._can_admit(n):
-                break
-            admitted.append(waiting[0])
-            self._admit(waiting[0], now)
-            tokens += n
-            sq += n * n
+        admitted, tokens, sq = self._admit_waiting()
         if admitted:
             return ("prefill", admitted, tokens, sq)
         b = self.batch

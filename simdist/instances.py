@@ -99,7 +99,7 @@ class PrefillInstance:
 class DecodeInstance:
     __slots__ = ("name", "index", "sim", "cost", "capacity", "max_batch", "cluster", "batch",
                  "pending", "pending_tokens", "recompute", "arrived", "reserved", "incoming",
-                 "busy", "node", "gpus", "async_lag", "deferred", "migrating")
+                 "busy", "node", "gpus", "async_lag", "deferred")
 
     def __init__(self, name: str, index: int, sim: Simulator, cost: StageCost, capacity: int,
                  max_batch: int, cluster: Cluster, node: int, gpus: tuple[int, ...],
@@ -118,12 +118,16 @@ class DecodeInstance:
         self.deferred: list[SimRequest] = []  # landed mid-iteration: join the one after next
         self.reserved = 0  # KV tokens of migrating + arrived requests
         self.incoming = 0  # requests migrating or arrived (batch slots taken)
-        self.migrating = 0  # KV migrations to here in flight
         self.busy = False
 
     @property
     def load(self) -> int:
         return self.batch.sum_ctx + self.reserved + self.pending_tokens
+
+    @property
+    def migrating(self) -> int:
+        """KV migrations to here in flight: pulled requests that have not landed yet."""
+        return self.incoming - len(self.arrived) - len(self.deferred)
 
     def enqueue(self, r: SimRequest) -> None:
         if r.ctx + r.remaining > self.capacity:
@@ -151,13 +155,11 @@ class DecodeInstance:
                 self.arrived.append(r)
                 continue
             r.log.append((_MB, now))
-            self.migrating += 1
             self.sim.schedule(self.cluster.transfer(src, self, r), _XFER_END, self._on_landed, r)
         if self.arrived and not self.busy:
             self._start()
 
     def _on_landed(self, r: SimRequest) -> None:
-        self.migrating -= 1
         r.log.append((_ME, self.sim.now))
         r.prefill_inst.release(r)
         r.prefill_inst = None
