@@ -225,10 +225,12 @@ def schedule(cfg: argparse.Namespace) -> list[tuple]:
     """Order of a mode's real rounds: ("calibrate", k), ("sweep", k) (the decode sweep's pass
     k, right after calibration round k) and ("rate", rate, k) items. sequential:
     the calibration rounds, then each rate's --repeats rounds back to back. interleaved: pass k
-    runs calibration round k (while any are left), then round k of every rate, the rates'
-    order rotated by k, so that a drift of the host's speed over the run (this host's steps
-    slow down or speed up by 30 % within minutes) hits the calibration and every rate alike
-    instead of showing up as an error that grows with the rate."""
+    runs round k of every rate, the rates' order rotated by k, after a calibration round where
+    one falls: the calibration rounds are spread evenly over the passes, first and last pass
+    included. So a drift of the host's speed over the run (this host's steps slow down or speed
+    up by 30 % within minutes, its speed halved within a quarter of an hour) hits the
+    calibration and every rate alike instead of showing up as an error that grows with the
+    rate, or as a bias of every row when the calibration sampled only the run's start."""
     m = cfg.calibrate_rounds if cfg.calibrate else 0
 
     def calibration(k: int) -> list[tuple]:
@@ -237,13 +239,24 @@ def schedule(cfg: argparse.Namespace) -> list[tuple]:
     if cfg.schedule == "sequential":
         return ([item for k in range(m) for item in calibration(k)]
                 + [("rate", rate, k) for rate in cfg.rates for k in range(cfg.repeats)])
+    passes = max(m, cfg.repeats)
+    at = {calibration_pass(i, m, passes): i for i in range(m)}
     out: list[tuple] = []
-    for k in range(max(m, cfg.repeats)):
-        if k < m:
-            out += calibration(k)
+    for k in range(passes):
+        if k in at:
+            out += calibration(at[k])
         if k < cfg.repeats:
             out += [("rate", rate, k) for rate in _rotated(cfg.rates, k)]
     return out
+
+
+def calibration_pass(i: int, num_rounds: int, num_passes: int) -> int:
+    """The pass (0-based) calibration round i of `num_rounds` runs in: evenly spread over
+    `num_passes` >= num_rounds passes, the first in pass 0 and the last in the last pass
+    (distinct passes, in order)."""
+    if num_rounds <= 1:
+        return 0
+    return (i * (num_passes - 1) + (num_rounds - 1) // 2) // (num_rounds - 1)
 
 
 def run_mode(cfg: argparse.Namespace, mode: str, traces: dict, profile: object,

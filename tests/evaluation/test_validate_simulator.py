@@ -190,8 +190,8 @@ def test_schedule_interleaves_calibration_and_rates() -> None:
     assert cfg.schedule == "interleaved" and cfg.decode_sweep == [1, 2, 4, 8, 16]
     assert vs.schedule(cfg) == [
         ("calibrate", 0), ("sweep", 0), ("rate", 3.0, 0), ("rate", 6.0, 0), ("rate", 9.0, 0),
-        ("calibrate", 1), ("sweep", 1), ("rate", 6.0, 1), ("rate", 9.0, 1), ("rate", 3.0, 1),
-        ("rate", 9.0, 2), ("rate", 3.0, 2), ("rate", 6.0, 2)]
+        ("rate", 6.0, 1), ("rate", 9.0, 1), ("rate", 3.0, 1),
+        ("calibrate", 1), ("sweep", 1), ("rate", 9.0, 2), ("rate", 3.0, 2), ("rate", 6.0, 2)]
     cfg.schedule = "sequential"
     assert vs.schedule(cfg) == [("calibrate", 0), ("sweep", 0), ("calibrate", 1),
                                 ("sweep", 1)] + [
@@ -201,6 +201,15 @@ def test_schedule_interleaves_calibration_and_rates() -> None:
     assert cfg.decode_sweep == []  # off by default
     assert vs.schedule(cfg) == [("calibrate", 0), ("rate", 4.0, 0), ("calibrate", 1),
                                 ("calibrate", 2)]
+    # the calibration rounds spread over the passes, the first and the last pass included
+    cfg = vs.parse_args(["--rates", "4", "--repeats", "10", "--calibrate-rounds", "4"])
+    order = vs.schedule(cfg)  # one rate: the pass of a calibration round = rate rounds before it
+    assert [sum(i[0] == "rate" for i in order[:j]) for j, item in enumerate(order)
+            if item[0] == "calibrate"] == [0, 3, 6, 9]
+    assert [i[1] for i in order if i[0] == "calibrate"] == [0, 1, 2, 3]
+    assert [vs.calibration_pass(i, 4, 6) for i in range(4)] == [0, 2, 3, 5]
+    assert [vs.calibration_pass(i, 5, 6) for i in range(5)] == [0, 1, 3, 4, 5]
+    assert vs.calibration_pass(0, 1, 7) == 0
     cfg = vs.parse_args(["--rates", "4,8", "--repeats", "2", "--no-calibrate"])
     assert vs.schedule(cfg) == [("rate", 4.0, 0), ("rate", 8.0, 0), ("rate", 8.0, 1),
                                 ("rate", 4.0, 1)]
