@@ -51,6 +51,37 @@ def test_decode_fit_falls_back_to_a_scale_without_two_regimes_or_with_a_bad_fit(
     assert decode_fit([], [])["num_requests"] == 0
 
 
+def test_decode_fit_may_cut_into_the_profiled_fixed_step_down_to_a_floor() -> None:
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.uniform(6, 8, 60), rng.uniform(10, 13, 60)])
+    groups = [0] * 60 + [1] * 60
+    cut = decode_fit(1.3 * x - 1.5, x, groups=groups, fixed_ms=3.0, keep_fixed=0.25)
+    assert cut["identified"] and cut["note"] == "fit"  # floor: -0.75 * 1.3 * 3 = -2.9 ms
+    assert cut["scale"] == pytest.approx(1.3, abs=0.01)
+    assert cut["step_ms"] == pytest.approx(-1.5, abs=0.1)
+    deep = decode_fit(1.3 * x - 4.0, x, groups=groups, fixed_ms=3.0, keep_fixed=0.25)
+    assert not deep["identified"] and deep["step_ms"] == 0.0
+    assert "< -2.92" in deep["note"]
+    assert not decode_fit(1.3 * x - 1.5, x, groups=groups)["identified"]  # no fixed part given
+
+
+def test_calibration_recovers_a_smaller_fixed_step_than_profiled() -> None:
+    """'Real' decode steps at 1.2 x the profiled step minus 1 ms per step (the profiled step's
+    fixed part includes per-step engine cost the served steps overlap): the calibration finds
+    the negative fixed term instead of rejecting it."""
+    prof = plain_demo_profile()
+    assert prof.stage_cost(MODEL, 1).sa * 1e3 > 1.0 / 1.2 / 0.75  # inside the floor
+    truth = _truth(prof, {"prefill": 1.0, "decode": 1.2, "transfer": 1.0}, -1.0)
+    samples = []
+    for rate, seed in ((1.0, 0), (12.0, 1)):
+        trace = _trace(rate, seed)
+        samples.append((trace, exp_request_terms(simulate_trace(trace, ROLES, truth, MODEL))))
+    cal = calibrate(prof, MODEL, samples, ROLES)["calibration"]
+    assert cal["decode_fit"]["identified"], cal["decode_fit"]["note"]
+    assert cal["factors"]["decode"] == pytest.approx(1.2, rel=0.08)
+    assert cal["decode_step_ms"] == pytest.approx(-1.0, abs=0.6)
+
+
 def test_calibration_recovers_scale_and_fixed_step_from_two_rates() -> None:
     """'Real' rounds at a low and a high rate are simulated with decode = 1.15 x the profiled
     step + 3 ms per step (and slower prefill / transfers); calibrating the original profile
