@@ -21,7 +21,8 @@ unit of work (--measure-jitter, default 20 s; distllm.profiler.jitter), or with 
 fitted to that replayed pair; with a jitter, rows are simulated with as many seeds as real
 rounds and the same median taken. KV migrations that start while the decode instance steps
 take longer; the contrast is reported and, with --transfer-contention, simulated. --schedule
-interleaved (default) takes the calibration rounds and the rates' --repeats in turns, so a
+interleaved (default) takes the rates' --repeats in turns (pass k: round k of every rate) with
+the calibration rounds spread evenly over the passes, the first and the last included, so a
 drift of the host's speed over the run hits them alike; each row reports the standard error of
 its real medians next to the targets. With --host
 (default) each calibration round also measures the host (distllm.profiler.host: the server's
@@ -385,9 +386,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="real rounds per rate (medians reported; the host's noise is large)")
     p.add_argument("--schedule", choices=("interleaved", "sequential"), default="interleaved",
                    help="order of a mode's real rounds: interleaved (default) takes the "
-                        "calibration rounds and the rates' repeats in turns, so a drift of the "
-                        "host's speed hits them alike; sequential: calibration first, then "
-                        "each rate's repeats back to back")
+                        "rates' repeats in turns with the calibration rounds spread evenly over "
+                        "the passes, so a drift of the host's speed hits them alike; "
+                        "sequential: calibration first, then each rate's repeats back to back")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arrival", default="poisson", choices=("poisson", "gamma", "uniform"))
     p.add_argument("--cv", type=float, default=1.0)
