@@ -23,5 +23,10 @@ def num_threads() -> int:
     return int(_get("DISTLLM_NUM_THREADS", "0"))
 
 
+def step_trace_dir() -> str | None:
+    """Where processes write their step trace (distllm.tracing); unset or empty: no trace."""
+    return _get("DISTLLM_STEP_TRACE", "") or None
+
+
 def log_level() -> str:
     return _get("DISTLLM_LOG_LEVEL", "INFO").upper()

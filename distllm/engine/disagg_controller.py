@@ -33,6 +33,7 @@ from distllm.engine.outputs import RequestOutput
 from distllm.engine.stage_engine import StageEngine, submit_migration
 from distllm.sampling_params import SamplingParams
 from distllm.tokenizer import Tokenizer
+from distllm.tracing import step_trace
 from distllm.worker.step_channel import StepFailed, WorkerLost
 
 logger = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class DisaggEngine:
         self._generator_states: dict[str, Any] = {}  # request id -> seeded sampler state
         self.migrated_bytes = 0
         self.migration_time_s = 0.0
+        self.trace = step_trace("driver")  # DISTLLM_STEP_TRACE: steps and migrations
 
     def _build_instances(self) -> list[StageEngine]:
         specs = instance_specs(self.config, self.disagg)
@@ -272,10 +274,12 @@ class DisaggEngine:
                                 self._generator_states.pop(request.request_id, None))
         self._migrations[request.request_id] = Migration(request, src, dst, src_blocks, refs,
                                                          now)
+        self.trace.event("mig_start", request.request_id, src.name, dst.name, at=now)
         self._holders[request.request_id] = (request, dst)
 
     def _complete_migration(self, m: Migration, error: str | None = None) -> None:
         del self._migrations[m.request.request_id]
+        self.trace.event("mig_end", m.request.request_id)
         if error is None:
             try:
                 self.migrated_bytes += sum(ray.get(m.refs, timeout=self.disagg.step_timeout_s))
@@ -325,6 +329,13 @@ class DisaggEngine:
 
     def shutdown(self) -> None:
         """Kill every worker and free the placement groups (Ray itself keeps running)."""
+        if self.trace.enabled:  # NOTE: killed workers would lose their buffered events
+            self.trace.flush()
+            try:
+                ray.get([w.flush_trace.remote() for i in self.instances for w in i.ray.workers],
+                        timeout=10)
+            except ray.exceptions.RayError:
+                logger.warning("a worker's step trace could not be flushed")
         for inst in self.instances:
             inst.close()
         ray_cluster.destroy([i.ray for i in self.instances])

@@ -14,6 +14,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from distllm import envs
 from distllm.config import EngineConfig
 from distllm.distributed.kv_transport import plan_migration
 from distllm.distributed.transport_select import (
@@ -78,6 +79,8 @@ def create_instance(name: str, config: EngineConfig, num_threads: int, affinity:
         raise RuntimeError(f"instance {name}: the Ray cluster cannot place {tp * pp} workers "
                            f"with {bundle} each ({strategy}) within {timeout_s:.0f} s") from e
     env = {"OMP_NUM_THREADS": str(num_threads), "DISTLLM_NUM_THREADS": str(num_threads)}
+    if envs.step_trace_dir():  # the workers' step trace (distllm.tracing) goes with it
+        env["DISTLLM_STEP_TRACE"] = envs.step_trace_dir()
     workers = []
     for index in range(tp * pp):
         strategy_i = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index)

@@ -38,6 +38,7 @@ from distllm.core.scheduler_output import SchedulerOutput
 from distllm.disagg_config import DisaggConfig
 from distllm.distributed.kv_transport import SlabTransfer, plan_migration
 from distllm.engine.ray_cluster import InstanceWorkers
+from distllm.tracing import step_trace
 from distllm.worker.step_channel import StepChannel, StepFailed, WorkerLost
 
 KINDS = ("prefill", "decode", "colocated")
@@ -139,6 +140,7 @@ class StageEngine:
         self.peak_inflight = 0  # most steps in flight at once so far
         self.dead_reason: str | None = None  # set when a worker died or hung
         self.channels: list[StepChannel] | None = None  # one per worker; None: Ray tasks
+        self.trace = step_trace("driver")
         if disagg.worker_rpc == "channel" and self.pp == 1:
             self.channels = open_channels(workers, disagg.step_timeout_s)
 
@@ -162,7 +164,11 @@ class StageEngine:
         if not (out.has_forward or out.blocks_to_swap_in or out.blocks_to_swap_out
                 or out.blocks_to_copy or out.finished_request_ids):
             return False
-        self.inflight.append(InflightStep(self.submit(out), out, time.monotonic()))
+        pending = self.submit(out)
+        if self.trace.enabled:
+            seq = pending.seqs[0] if isinstance(pending, ChannelStep) else -1
+            self.trace.event("submit", self.name, seq, len(out.prefills), len(out.decodes))
+        self.inflight.append(InflightStep(pending, out, time.monotonic()))
         self.peak_inflight = max(self.peak_inflight, len(self.inflight))
         return True
 
@@ -215,8 +221,8 @@ def open_channels(workers: InstanceWorkers, timeout_s: float) -> list[StepChanne
     """A step channel to every worker of the instance, authenticated with a fresh key."""
     authkey = os.urandom(32)
     node = ray.get_runtime_context().get_node_id()
-    ends = ray.get([w.open_step_channel.remote(authkey, node) for w in workers.workers],
-                   timeout=timeout_s)
+    ends = ray.get([w.open_step_channel.remote(authkey, node, workers.name)
+                    for w in workers.workers], timeout=timeout_s)
     return [StepChannel(family, address, authkey, f"{workers.name} worker {i}")
             for i, (family, address) in enumerate(ends)]
 

@@ -11,6 +11,7 @@ thread, still in submission order; "compute" then only loads the model and sizes
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,8 +115,8 @@ class RayWorker:
         ids = [r.request_id for r in scheduler_output.prefills]
         return StepResult(out, self.worker.runner.generator_states(ids))
 
-    def open_step_channel(self, authkey: bytes, driver_node_id: str | None = None
-                          ) -> tuple[str, Any]:
+    def open_step_channel(self, authkey: bytes, driver_node_id: str | None = None,
+                          label: str = "") -> tuple[str, Any]:
         """Listen for the driver's step channel (distllm.worker.step_channel): a Unix socket
         when the driver runs on this node (`driver_node_id`: its Ray node id), TCP on this
         node's address otherwise. Returns (family, address) to connect to."""
@@ -123,8 +124,9 @@ class RayWorker:
         from distllm.worker.step_channel import StepServer
 
         same_node = driver_node_id is None or driver_node_id == _node_id()
+        self.trace_label = label
         self.step_server = StepServer(self.execute_model, authkey,
-                                      host=None if same_node else node_ip())
+                                      host=None if same_node else node_ip(), label=label)
         return self.step_server.family, self.step_server.address
 
     def send_kv(self, block_ids: list[int], transfers: list[SlabTransfer],
@@ -139,10 +141,22 @@ class RayWorker:
                 request_id: str = "", generator_state: torch.Tensor | None = None) -> int:
         """Receive this worker's slabs into `block_ids` (and continue the request's seeded
         random stream from `generator_state`); returns the bytes received."""
+        from distllm.tracing import step_trace
+
+        begin = time.monotonic()
         if generator_state is not None:
             self.worker.runner.set_generator_state(request_id, generator_state)
-        return sum(self.transport.recv_blocks(self._caches(), block_ids, *self._local(t), src_rank)
-                   for t, src_rank in zip(transfers, src_ranks, strict=True))
+        nbytes = sum(self.transport.recv_blocks(self._caches(), block_ids, *self._local(t),
+                                                src_rank)
+                     for t, src_rank in zip(transfers, src_ranks, strict=True))
+        step_trace("worker").event("kv", getattr(self, "trace_label", ""), request_id, begin)
+        return nbytes
+
+    def flush_trace(self) -> None:
+        """Write this worker's buffered step trace events (distllm.tracing)."""
+        from distllm.tracing import step_trace
+
+        step_trace("worker").flush()
 
     def _caches(self) -> kv_transport.KVCaches:
         return self.worker.cache_engine.device_caches

@@ -64,8 +64,9 @@ class StepServer:
     """
 
     def __init__(self, execute: Callable[[Any], Any], authkey: bytes,
-                 host: str | None = None) -> None:
+                 host: str | None = None, label: str = "") -> None:
         self._execute = execute
+        self.label = label  # the instance, in the step trace (distllm.tracing)
         self._dir: str | None = None
         if host is None:
             self._dir = tempfile.mkdtemp(prefix="distllm-step-")
@@ -90,12 +91,17 @@ class StepServer:
             if self._dir is not None:
                 shutil.rmtree(self._dir, ignore_errors=True)
         _no_delay(conn)
+        from distllm.tracing import step_trace
+
+        trace = step_trace("worker")
         with conn:
             while True:
                 try:
                     payload = conn.recv_bytes()
                 except (EOFError, OSError):  # the driver closed the channel
+                    trace.flush()
                     return
+                received = time.monotonic()
                 try:
                     reply = pickle.dumps(("ok", self._execute(pickle.loads(payload))),
                                          protocol=PICKLE_PROTOCOL)
@@ -103,6 +109,7 @@ class StepServer:
                     logger.exception("step failed")
                     reply = pickle.dumps(("error", f"{type(e).__name__}: {e}"),
                                          protocol=PICKLE_PROTOCOL)
+                trace.event("step", self.label, self.num_steps, received, time.monotonic())
                 self.num_steps += 1
                 try:
                     conn.send_bytes(reply)

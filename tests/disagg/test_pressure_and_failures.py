@@ -103,3 +103,30 @@ def test_dead_worker_fails_requests_with_a_message(
         assert len(late[0].token_ids) == 1 and "no live decode instance" in late[0].error
     finally:
         engine.shutdown()
+
+
+def test_step_trace_records_every_step_and_migration(
+        ray_cluster: None, tiny_gqa: Path, prompts: list[list[int]],
+        reference: list[list[int]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DISTLLM_STEP_TRACE: the driver's submissions, the workers' steps (matched by instance and
+    step number) and every migration and KV receive land in the trace; outputs unchanged."""
+    from distllm import tracing
+    from evaluation.step_trace_report import analyze, load
+
+    monkeypatch.setenv("DISTLLM_STEP_TRACE", str(tmp_path))
+    monkeypatch.setattr(tracing, "_traces", {})
+    engine = _engine(tiny_gqa)
+    try:
+        outputs, _ = _run(engine, prompts)
+        assert [o.token_ids for o in outputs] == reference
+    finally:
+        engine.shutdown()
+    trace = load(str(tmp_path))
+    for inst in ("prefill-0", "decode-0"):
+        submitted = sorted(seq for name, seq in trace["submits"] if name == inst)
+        assert [row[0] for row in trace["steps"][inst]] == submitted  # every step, matched
+        assert all(recv <= end for _, recv, end, _, _ in trace["steps"][inst])
+    assert sum(row[3] for row in trace["steps"]["prefill-0"]) == len(prompts)
+    assert len(trace["migrations"]) == len(prompts) == len(trace["kv"]["decode-0"])
+    report = analyze(trace)["instances"]["decode-0"]
+    assert report["kv_receives"] == len(prompts) and report["decode_ms_by_batch"]
