@@ -53,10 +53,10 @@ MIN_SPREAD = 0.15  # decode_fit: least (max - min) / median of the rounds' simul
 MIN_SCALE = 0.5  # decode_fit: a smaller slope (most of a step fixed) is rejected
 # decode_fit in calibrate: share of the profile's fixed decode step (its regimes' smaller
 # intercept, scaled) a fit must keep. NOTE: served decode steps carry less fixed cost and
-# more per request than the profiled ones (decode worker traces at 12 req/s on the demo host:
-# 0.5-0.9 ms per request in the batch, the profile ~0.4); the calibration rounds of eight saved
-# validation runs fitted slopes 0.8-1.45 with intercepts down to -3 ms (rejected while the
-# floor was 0): accepting them
+# more per request than the profile's fitted regimes (decode worker traces at 12 req/s on the
+# demo host: 0.5-0.9 ms per request in the batch, on ~2 ms fixed; the demo profile's small-batch
+# regime ~0.4 ms on 2.9); the calibration rounds of eight saved validation runs fitted slopes
+# 0.8-1.45 with intercepts down to -3 ms (rejected while the floor was 0): accepting them
 # lowered the held-out mean |p90 TPOT error| from 10.8 to 9.8 % and |p90 TTFT| from 8.2 to
 # 7.2 % (29 of 64 rows within every target against 28)
 KEEP_FIXED = 0.25
