@@ -89,7 +89,7 @@ def analyze(trace: dict) -> dict:
         by_bin: dict = defaultdict(lambda: {"alone": [], "kv": [], "other": []})
         kv_groups: dict = defaultdict(lambda: ([], []))
         other_groups: dict = defaultdict(lambda: ([], []))
-        idle_ms, late = 0.0, []
+        idle = []  # ms the worker waited between two steps of a running decode batch
         for i, (_, recv, end, prefills, decodes) in enumerate(rows):
             ms = 1e3 * (end - recv)
             if prefills == 0 and decodes > 0:
@@ -104,9 +104,7 @@ def analyze(trace: dict) -> dict:
                     other_groups[b][int(with_other)].append(ms)
             if i and rows[i - 1][0] == rows[i][0] - 1 and rows[i - 1][4] and decodes:
                 # NOTE: a decode batch ran on: the worker waited for this step from its last
-                gap = recv - rows[i - 1][2]
-                idle_ms += 1e3 * max(gap, 0.0)
-                late.append(1e3 * max(gap, 0.0))
+                idle.append(1e3 * max(recv - rows[i - 1][2], 0.0))
         span = rows[-1][2] - rows[0][1] if rows else 0.0
         busy = sum(r[2] - r[1] for r in rows)
         report[name] = {
@@ -116,8 +114,8 @@ def analyze(trace: dict) -> dict:
                                                       key=lambda kv_: int(kv_[0].split("-")[0]))},
             "kv_landing_ratio": _contrast(kv_groups),
             "other_stepping_ratio": _contrast(other_groups),
-            "idle_between_decode_steps_s": idle_ms / 1e3,
-            "idle_gaps_over_1ms": int(sum(g > 1.0 for g in late)),
+            "idle_between_decode_steps_s": sum(idle) / 1e3,
+            "idle_gaps_over_1ms": int(sum(g > 1.0 for g in idle)),
             "kv_receives": len(kv), "kv_receive": _q(list(1e3 * (kv[:, 1] - kv[:, 0]))),
         }
     mig = np.array(trace["migrations"]).reshape(-1, 2)

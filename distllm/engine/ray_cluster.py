@@ -79,8 +79,9 @@ def create_instance(name: str, config: EngineConfig, num_threads: int, affinity:
         raise RuntimeError(f"instance {name}: the Ray cluster cannot place {tp * pp} workers "
                            f"with {bundle} each ({strategy}) within {timeout_s:.0f} s") from e
     env = {"OMP_NUM_THREADS": str(num_threads), "DISTLLM_NUM_THREADS": str(num_threads)}
-    if envs.step_trace_dir():  # the workers' step trace (distllm.tracing) goes with it
-        env["DISTLLM_STEP_TRACE"] = envs.step_trace_dir()
+    trace_dir = envs.step_trace_dir()
+    if trace_dir:  # the workers' step trace (distllm.tracing) goes with it
+        env["DISTLLM_STEP_TRACE"] = trace_dir
     workers = []
     for index in range(tp * pp):
         strategy_i = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index)

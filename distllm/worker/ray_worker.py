@@ -24,6 +24,7 @@ from distllm.distributed import kv_transport
 from distllm.distributed.kv_transport import SlabTransfer
 from distllm.distributed.parallel_info import ParallelInfo
 from distllm.distributed.transport_select import TransportPlan, WorkerLocation
+from distllm.tracing import step_trace
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class RayWorker:
         self.rank = -1  # global rank in the world group
         self.transport: kv_transport.KVTransport | None = None
         self.step_server: Any = None  # distllm.worker.step_channel.StepServer, once opened
+        self.trace_label = ""  # the instance's name in the step trace, set with the channel
 
     def master_address(self) -> tuple[str, int]:
         """(ip, free port) for the world group's store, when this worker is rank 0."""
@@ -141,21 +143,17 @@ class RayWorker:
                 request_id: str = "", generator_state: torch.Tensor | None = None) -> int:
         """Receive this worker's slabs into `block_ids` (and continue the request's seeded
         random stream from `generator_state`); returns the bytes received."""
-        from distllm.tracing import step_trace
-
         begin = time.monotonic()
         if generator_state is not None:
             self.worker.runner.set_generator_state(request_id, generator_state)
         nbytes = sum(self.transport.recv_blocks(self._caches(), block_ids, *self._local(t),
                                                 src_rank)
                      for t, src_rank in zip(transfers, src_ranks, strict=True))
-        step_trace("worker").event("kv", getattr(self, "trace_label", ""), request_id, begin)
+        step_trace("worker").event("kv", self.trace_label, request_id, begin)
         return nbytes
 
     def flush_trace(self) -> None:
         """Write this worker's buffered step trace events (distllm.tracing)."""
-        from distllm.tracing import step_trace
-
         step_trace("worker").flush()
 
     def _caches(self) -> kv_transport.KVCaches:
