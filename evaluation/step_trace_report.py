@@ -3,6 +3,10 @@ serve ...`): per instance, its steps' duration by batch size, alone and while a 
 lands on it or another instance steps (the contrasts simdist.host's contention terms stand
 for), how long its worker sat idle with requests to decode because the driver had not sent
 the next step, and the migrations' time in flight against their receive on the decode worker.
+Then the host's noise as each instance sees it: how far its single-request decode steps (the
+same work, up to the context) vary, how long a slow or fast spell lasts (their correlation at
+time lags), and whether instances are slow at the same moments or take turns (the correlation
+between instances' steps that start within CROSS_LAG_S of each other).
 
     python evaluation/step_trace_report.py DIR [--json out.json]
 
@@ -24,6 +28,9 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 BATCH_BINS = ((1, 1), (2, 2), (3, 4), (5, 8), (9, 16), (17, 1 << 30))
+LAG_BINS_MS = ((0, 5), (5, 20), (20, 50), (50, 150), (150, 500))  # speed autocorrelation
+CROSS_LAG_S = 0.005  # steps of two instances this close in start time are compared
+MIN_SPEED_STEPS = 20  # fewer single-request decode steps: no speed figures for an instance
 
 
 def load(directory: str) -> dict:
@@ -118,8 +125,61 @@ def analyze(trace: dict) -> dict:
             "idle_gaps_over_1ms": int(sum(g > 1.0 for g in idle)),
             "kv_receives": len(kv), "kv_receive": _q(list(1e3 * (kv[:, 1] - kv[:, 0]))),
         }
+    speeds = {name: single_steps(rows) for name, rows in steps.items()}
+    for name, (t, x) in speeds.items():
+        report[name]["speed"] = speed_stats(t, x)
     mig = np.array(trace["migrations"]).reshape(-1, 2)
-    return {"instances": report, "migrations": _q(list(1e3 * (mig[:, 1] - mig[:, 0])))}
+    return {"instances": report, "speed_cross_corr": cross_corr(speeds),
+            "migrations": _q(list(1e3 * (mig[:, 1] - mig[:, 0])))}
+
+
+def single_steps(rows: list) -> tuple[np.ndarray, np.ndarray]:
+    """(start times, log durations less their mean) of an instance's decode steps of one
+    request: the same work but for the context, so what varies is the host's speed."""
+    sel = [(r[1], np.log(r[2] - r[1])) for r in rows if r[3] == 0 and r[4] == 1 and r[2] > r[1]]
+    if len(sel) < MIN_SPEED_STEPS:
+        return np.zeros(0), np.zeros(0)
+    t, x = (np.array(v) for v in zip(*sel, strict=True))
+    return t, x - x.mean()
+
+
+def _lag_corr(ta: np.ndarray, xa: np.ndarray, tb: np.ndarray, xb: np.ndarray, lo: float,
+              hi: float, same: bool) -> float | None:
+    """Mean of xa_i * xb_j over pairs with lo <= t_b - t_a < hi (|t_b - t_a| < hi when not
+    `same`), over sd(xa) sd(xb): the correlation of log speeds at that lag."""
+    total, count = 0.0, 0
+    for i in range(len(ta)):
+        if same:
+            j0, j1 = np.searchsorted(tb, ta[i] + lo), np.searchsorted(tb, ta[i] + hi)
+            j0 = max(j0, i + 1)
+        else:
+            j0, j1 = np.searchsorted(tb, ta[i] - hi), np.searchsorted(tb, ta[i] + hi)
+        if j1 > j0:
+            total += xa[i] * float(np.sum(xb[j0:j1]))
+            count += j1 - j0
+    if count < MIN_SPEED_STEPS or xa.std() == 0 or xb.std() == 0:
+        return None
+    return float(total / count / (xa.std() * xb.std()))
+
+
+def speed_stats(t: np.ndarray, x: np.ndarray) -> dict:
+    """Log-sd of an instance's single-request decode steps and their autocorrelation by lag."""
+    if not len(x):
+        return {"steps": 0}
+    return {"steps": len(x), "log_sd": float(x.std()),
+            "autocorr": {f"{lo}-{hi} ms": _lag_corr(t, x, t, x, lo / 1e3, hi / 1e3, True)
+                         for lo, hi in LAG_BINS_MS}}
+
+
+def cross_corr(speeds: dict) -> dict:
+    """Per pair of instances, the correlation of their single-request decode steps' log speeds
+    over steps starting within CROSS_LAG_S of each other (< 0: they take turns being slow)."""
+    names = sorted(n for n, (t, _) in speeds.items() if len(t))
+    out = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            out[f"{a}/{b}"] = _lag_corr(*speeds[a], *speeds[b], 0.0, CROSS_LAG_S, False)
+    return out
 
 
 def format_report(rep: dict) -> str:
@@ -135,10 +195,19 @@ def format_report(rep: dict) -> str:
             cells = "  ".join(f"{k} {v['p50_ms']:.2f}/{v['p90_ms']:.2f} ms (n={v['n']})"
                               for k, v in d.items() if v["n"])
             lines.append(f"    batch {b:>5}: p50/p90 {cells}")
+        sp = r["speed"]
+        if sp["steps"]:
+            acf = ", ".join(f"{k} {'-' if v is None else f'{v:+.2f}'}"
+                            for k, v in sp["autocorr"].items())
+            lines.append(f"    speed ({sp['steps']} single-request decode steps): log-sd "
+                         f"{sp['log_sd']:.2f}; autocorrelation {acf}")
         if r["kv_receives"]:
             k = r["kv_receive"]
             lines.append(f"    KV receives {r['kv_receives']}: p50/p90 {k['p50_ms']:.2f}/"
                          f"{k['p90_ms']:.2f} ms on the worker")
+    for pair, c in rep["speed_cross_corr"].items():
+        lines.append(f"speed {pair}: correlation of steps starting within "
+                     f"{CROSS_LAG_S * 1e3:.0f} ms {'-' if c is None else f'{c:+.2f}'}")
     m = rep["migrations"]
     if m["n"]:
         lines.append(f"migrations {m['n']}: start to end p50/p90 {m['p50_ms']:.2f}/"

@@ -70,3 +70,37 @@ def test_cli_writes_json_and_names_a_bad_directory(tmp_path: Path, capsys) -> No
     with pytest.raises(SystemExit):
         rep.main([str(tmp_path / "empty")])
     assert "no worker step events" in capsys.readouterr().err
+
+
+def _turns(directory: Path) -> None:
+    """Two instances stepping single requests side by side for 2 s; in alternate 100 ms spells
+    one runs its 2 ms steps at half speed while the other runs at full speed."""
+    driver, workers = [], {"a": [], "b": []}
+    for name, slow_first in (("a", True), ("b", False)):
+        t, seq = 1.0, 0
+        while t < 3.0:
+            slow = (int((t - 1.0) / 0.1) % 2 == 0) == slow_first
+            ms = 4.0 if slow else 2.0
+            driver.append([t - 0.0005, "submit", name, seq, 0, 1])
+            workers[name].append([t + ms / 1e3, "step", name, seq, t, t + ms / 1e3])
+            t += ms / 1e3 + 0.0001
+            seq += 1
+    _write(directory, "driver-1.jsonl", driver)
+    _write(directory, "worker-2.jsonl", workers["a"])
+    _write(directory, "worker-3.jsonl", workers["b"])
+
+
+def test_speed_spells_and_instances_taking_turns(tmp_path: Path) -> None:
+    _turns(tmp_path)
+    r = rep.analyze(rep.load(str(tmp_path)))
+    sp = r["instances"]["a"]["speed"]
+    assert sp["steps"] > 600
+    # durations are 2 or 4 ms, about a third of the steps slow: log-sd ~ ln 2 x 0.47
+    assert 0.25 < sp["log_sd"] < 0.4
+    acf = sp["autocorr"]
+    assert acf["0-5 ms"] > 0.7 and acf["5-20 ms"] > 0.5  # mostly inside one 100 ms spell
+    assert acf["50-150 ms"] < -0.3  # mostly in the next spell, of the other speed
+    assert r["speed_cross_corr"]["a/b"] < -0.8  # one is slow while the other is fast
+    text = rep.format_report(r)
+    assert "speed a/b: correlation of steps starting within 5 ms -0." in text
+    assert "autocorrelation 0-5 ms +0." in text
