@@ -7,6 +7,8 @@ Each process appends JSON lines to DIR/<role>-<pid>.jsonl, `[monotonic s, event,
 (CLOCK_MONOTONIC is one clock for every process of a host):
     driver:  ["submit", instance, seq, num_prefills, num_decodes]   a step sent to a worker
              ["mig_start", request_id, src, dst]  ["mig_end", request_id]
+             ["route", request_id, instance, [load of each live entry instance]]  a new request
+             queued there (the least loaded)
     worker:  ["step", instance, seq, recv, exec_end]   the step channel's step `seq` (0-based, the
              driver's channel numbering): read at `recv`, executed by `exec_end`
              ["kv", instance, request_id, begin]       a KV receive into this worker, ending now

@@ -1,5 +1,6 @@
 """Where served time goes, from a step trace (distllm.tracing: `DISTLLM_STEP_TRACE=DIR distllm
-serve ...`): per instance, its steps' duration by batch size, alone and while a KV migration
+serve ...`): per instance, the requests the driver routed to it, its steps' duration by batch
+size, alone and while a KV migration
 lands on it or another instance steps (the contrasts simdist.host's contention terms stand
 for), how long its worker sat idle with requests to decode because the driver had not sent
 the next step, and the migrations' time in flight against their receive on the decode worker.
@@ -35,10 +36,11 @@ MIN_SPEED_STEPS = 20  # fewer single-request decode steps: no speed figures for 
 
 def load(directory: str) -> dict:
     """The trace's events by kind: steps {instance: [(seq, recv, end, prefills, decodes)]},
-    kv {instance: [(begin, end)]}, migrations [(start, end)]."""
+    kv {instance: [(begin, end)]}, migrations [(start, end)], routes [(request_id, instance,
+    loads of the entry instances)]."""
     from distllm.tracing import read_trace
 
-    submits, steps, kv, mig = {}, defaultdict(list), defaultdict(list), {}
+    submits, steps, kv, mig, routes = {}, defaultdict(list), defaultdict(list), {}, []
     for events in read_trace(directory).values():
         for e in events:
             t, kind = e[0], e[1]
@@ -52,6 +54,8 @@ def load(directory: str) -> dict:
                 mig.setdefault(e[2], [None, None])[0] = t
             elif kind == "mig_end":
                 mig.setdefault(e[2], [None, None])[1] = t
+            elif kind == "route":
+                routes.append((e[2], e[3], e[4]))
     out = {}
     for name, rows in steps.items():
         rows.sort()
@@ -59,7 +63,7 @@ def load(directory: str) -> dict:
                      if (name, seq) in submits]
     return {"steps": out, "kv": dict(kv),
             "migrations": [tuple(v) for v in mig.values() if None not in v],
-            "submits": submits}
+            "submits": submits, "routes": routes}
 
 
 def _overlaps(a: float, b: float, spans: np.ndarray) -> bool:
@@ -116,6 +120,7 @@ def analyze(trace: dict) -> dict:
         busy = sum(r[2] - r[1] for r in rows)
         report[name] = {
             "steps": len(rows), "busy": busy / span if span > 0 else 0.0,
+            "routed": sum(r[1] == name for r in trace.get("routes", [])),
             "decode_ms_by_batch": {b: {k: _q(v) for k, v in d.items()}
                                    for b, d in sorted(by_bin.items(),
                                                       key=lambda kv_: int(kv_[0].split("-")[0]))},
@@ -186,7 +191,9 @@ def format_report(rep: dict) -> str:
     lines = []
     for name, r in rep["instances"].items():
         ratio = lambda x: "-" if x is None else f"{x:.2f}x"  # noqa: E731
-        lines.append(f"{name}: {r['steps']} steps, busy {r['busy']:.2f}; decode step vs alone: "
+        routed = f", {r['routed']} requests routed here" if r["routed"] else ""
+        lines.append(f"{name}: {r['steps']} steps{routed}, busy {r['busy']:.2f}; decode step vs "
+                     "alone: "
                      f"KV landing {ratio(r['kv_landing_ratio'])}, another instance stepping "
                      f"{ratio(r['other_stepping_ratio'])}; idle between decode steps "
                      f"{r['idle_between_decode_steps_s']:.3f} s ({r['idle_gaps_over_1ms']} gaps "

@@ -131,6 +131,8 @@ class DisaggEngine:
         if not entry:
             raise ValueError("no live instance can take requests")
         target = min(entry, key=lambda i: i.load)
+        if self.trace.enabled:
+            self.trace.event("route", request_id, target.name, [i.load for i in entry])
         target.scheduler.add_request(request)
         self.output_processor.add_request(request, text)
         self._holders[request_id] = (request, target)

@@ -128,5 +128,6 @@ def test_step_trace_records_every_step_and_migration(
         assert all(recv <= end for _, recv, end, _, _ in trace["steps"][inst])
     assert sum(row[3] for row in trace["steps"]["prefill-0"]) == len(prompts)
     assert len(trace["migrations"]) == len(prompts) == len(trace["kv"]["decode-0"])
+    assert [inst for _, inst, _ in trace["routes"]] == ["prefill-0"] * len(prompts)
     report = analyze(trace)["instances"]["decode-0"]
     assert report["kv_receives"] == len(prompts) and report["decode_ms_by_batch"]

@@ -33,7 +33,8 @@ def _trace(directory: Path) -> None:
             driver.append([t - 0.002, "submit", "prefill-0", len(worker_p) - 1, 1, 0])
         t += ms / 1e3 + (0.005 if i == 26 else 0.0)
         seq += 1
-    driver += [[1.0, "mig_start", "r1", "prefill-0", "decode-0"], [1.008, "mig_end", "r1"],
+    driver += [[0.9, "route", "r1", "prefill-0", [0]], [0.95, "route", "r2", "prefill-0", [1]],
+               [1.0, "mig_start", "r1", "prefill-0", "decode-0"], [1.008, "mig_end", "r1"],
                [2.0, "mig_start", "r2", "prefill-0", "decode-0"]]  # r2 never ended: left out
     _write(directory, "driver-1.jsonl", driver)
     _write(directory, "worker-2.jsonl", worker_d)
@@ -56,6 +57,8 @@ def test_report_contrasts_and_idle_time(tmp_path: Path) -> None:
     assert r["instances"]["prefill-0"]["decode_ms_by_batch"] == {}  # prefill steps only
     text = rep.format_report(r)
     assert "KV landing 2.00x" in text and "another instance stepping 1.50x" in text
+    assert r["instances"]["prefill-0"]["routed"] == 2 and d["routed"] == 0
+    assert "2 requests routed here" in text
 
 
 def test_cli_writes_json_and_names_a_bad_directory(tmp_path: Path, capsys) -> None:
