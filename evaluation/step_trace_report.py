@@ -130,7 +130,8 @@ def analyze(trace: dict) -> dict:
             "idle_gaps_over_1ms": int(sum(g > 1.0 for g in idle)),
             "kv_receives": len(kv), "kv_receive": _q(list(1e3 * (kv[:, 1] - kv[:, 0]))),
         }
-    speeds = {name: single_steps(rows) for name, rows in steps.items()}
+    speeds = {name: single_steps(rows, np.array(trace["kv"].get(name, [])).reshape(-1, 2))
+              for name, rows in steps.items()}
     for name, (t, x) in speeds.items():
         report[name]["speed"] = speed_stats(t, x)
     mig = np.array(trace["migrations"]).reshape(-1, 2)
@@ -138,10 +139,12 @@ def analyze(trace: dict) -> dict:
             "migrations": _q(list(1e3 * (mig[:, 1] - mig[:, 0])))}
 
 
-def single_steps(rows: list) -> tuple[np.ndarray, np.ndarray]:
+def single_steps(rows: list, kv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(start times, log durations less their mean) of an instance's decode steps of one
-    request: the same work but for the context, so what varies is the host's speed."""
-    sel = [(r[1], np.log(r[2] - r[1])) for r in rows if r[3] == 0 and r[4] == 1 and r[2] > r[1]]
+    request that no KV receive overlapped: the same work but for the context, so what varies
+    is the host's speed."""
+    sel = [(r[1], np.log(r[2] - r[1])) for r in rows
+           if r[3] == 0 and r[4] == 1 and r[2] > r[1] and not _overlaps(r[1], r[2], kv)]
     if len(sel) < MIN_SPEED_STEPS:
         return np.zeros(0), np.zeros(0)
     t, x = (np.array(v) for v in zip(*sel, strict=True))

@@ -58,6 +58,7 @@ def test_report_contrasts_and_idle_time(tmp_path: Path) -> None:
     text = rep.format_report(r)
     assert "KV landing 2.00x" in text and "another instance stepping 1.50x" in text
     assert r["instances"]["prefill-0"]["routed"] == 2 and d["routed"] == 0
+    assert d["speed"]["steps"] == 30 - 8  # the steps a KV receive overlapped left out
     assert "2 requests routed here" in text
 
 
