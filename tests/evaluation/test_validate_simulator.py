@@ -4,6 +4,7 @@ on a short workload."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,27 @@ def test_a_miss_names_the_term_whose_tail_is_off() -> None:
     assert miss_terms(row) == "TTFT: prefill p90 -25 %; TPOT: transfer p90 +400 %"
     row["error"] = {**err, "p90_ttft_rel": 0.05}  # only TPOT misses
     assert miss_terms(row) == "TPOT: transfer p90 +400 %"
+    # with the token gaps measured, a TPOT miss also shows how wide the decode steps spread
+    err = vs.compare({**real, "token_gaps_ms": {"p50": 3.0, "p90": 5.4}},
+                     {**sim, "token_gaps_ms": {"p50": 3.0, "p90": 3.6}})
+    assert err["token_gap_spread"] == pytest.approx({"real": 1.8, "sim": 1.2})
+    row = {"error": {**err, "p90_ttft_rel": 0.05}}
+    assert miss_terms(row) == ("TPOT: transfer p90 +400 % (token gaps p90/p50 real 1.80, "
+                               "sim 1.20)")
+
+
+def test_token_gaps_skip_each_requests_first_gap() -> None:
+    """token_gaps: the gaps after a request's second token (its first gap carries the
+    migration), pooled over the finished requests."""
+    from distllm.metrics import RequestRecord
+    from evaluation.validate_report import token_gaps
+
+    recs = [RequestRecord(10, 4, 0.0, 1.0, [0.1, 0.2, 0.203, 0.206]),  # 100 ms, then 3, 3
+            RequestRecord(10, 3, 0.0, 1.0, [0.5, 0.6, 0.605]),  # 100 ms, then 5
+            RequestRecord(10, 3, 0.0, 1.0, [], error="boom")]
+    gaps = token_gaps(recs)
+    assert gaps["p50"] == pytest.approx(3.0) and 3.0 < gaps["p90"] <= 5.0
+    assert all(math.isnan(v) for v in token_gaps(recs[2:]).values())
 
 
 @pytest.mark.slow
