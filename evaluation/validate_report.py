@@ -32,7 +32,7 @@ def token_gaps(records: list) -> dict:
     """p50 / p90 of the gaps between a request's consecutive output tokens after its second
     (ms, over every finished request; the first gap carries a migration): the spread of the
     decode steps as the requests saw them. On the 2-core demo host the real gaps' p90 / p50 is
-    1.6-1.9 while simdist's is 1.1-1.3 (the worker's speed wanders: evaluation/
+    1.5-1.9 while simdist's is 1.1-1.3 (the worker's speed wanders: evaluation/
     step_trace_report.py), which a p90 TPOT miss can come from."""
     from distllm.metrics import percentile
 
