@@ -1,13 +1,13 @@
 """Where served time goes, from a step trace (distllm.tracing: `DISTLLM_STEP_TRACE=DIR distllm
 serve ...`): per instance, the requests the driver routed to it, its steps' duration by batch
-size, alone and while a KV migration
-lands on it or another instance steps (the contrasts simdist.host's contention terms stand
-for), how long its worker sat idle with requests to decode because the driver had not sent
-the next step, and the migrations' time in flight against their receive on the decode worker.
-Then the host's noise as each instance sees it: how far its single-request decode steps (the
-same work, up to the context) vary, how long a slow or fast spell lasts (their correlation at
-time lags), and whether instances are slow at the same moments or take turns (the correlation
-between instances' steps that start within CROSS_LAG_S of each other).
+size, alone and while a KV migration lands on it or another instance steps (the contrasts
+simdist.host's contention terms stand for), how long its worker sat idle with requests to
+decode because the driver had not sent the next step, and the migrations' time in flight
+against their receive on the decode worker. Then the host's noise as each instance sees it:
+how far its single-request decode steps (the same work, up to the context) vary, how long a
+slow or fast spell lasts (their correlation at time lags), and whether instances are slow at
+the same moments or take turns (the correlation between instances' steps that start within
+CROSS_LAG_S of each other).
 
     python evaluation/step_trace_report.py DIR [--json out.json]
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -92,9 +92,11 @@ def analyze(trace: dict) -> dict:
     steps = trace["steps"]
     spans = {n: np.array([(r[1], r[2]) for r in rows]).reshape(-1, 2)
              for n, rows in steps.items()}
+    kvs = {n: np.array(trace["kv"].get(n, [])).reshape(-1, 2) for n in steps}
+    routed = Counter(instance for _, instance, _ in trace["routes"])
     report = {}
     for name, rows in steps.items():
-        kv = np.array(trace["kv"].get(name, [])).reshape(-1, 2)
+        kv = kvs[name]
         others = [s for n, s in spans.items() if n != name]
         other = np.concatenate(others) if others else np.zeros((0, 2))
         by_bin: dict = defaultdict(lambda: {"alone": [], "kv": [], "other": []})
@@ -120,7 +122,7 @@ def analyze(trace: dict) -> dict:
         busy = sum(r[2] - r[1] for r in rows)
         report[name] = {
             "steps": len(rows), "busy": busy / span if span > 0 else 0.0,
-            "routed": sum(r[1] == name for r in trace.get("routes", [])),
+            "routed": routed[name],
             "decode_ms_by_batch": {b: {k: _q(v) for k, v in d.items()}
                                    for b, d in sorted(by_bin.items(),
                                                       key=lambda kv_: int(kv_[0].split("-")[0]))},
@@ -130,8 +132,7 @@ def analyze(trace: dict) -> dict:
             "idle_gaps_over_1ms": int(sum(g > 1.0 for g in idle)),
             "kv_receives": len(kv), "kv_receive": _q(list(1e3 * (kv[:, 1] - kv[:, 0]))),
         }
-    speeds = {name: single_steps(rows, np.array(trace["kv"].get(name, [])).reshape(-1, 2))
-              for name, rows in steps.items()}
+    speeds = {name: single_steps(rows, kvs[name]) for name, rows in steps.items()}
     for name, (t, x) in speeds.items():
         report[name]["speed"] = speed_stats(t, x)
     mig = np.array(trace["migrations"]).reshape(-1, 2)
@@ -196,8 +197,7 @@ def format_report(rep: dict) -> str:
         ratio = lambda x: "-" if x is None else f"{x:.2f}x"  # noqa: E731
         routed = f", {r['routed']} requests routed here" if r["routed"] else ""
         lines.append(f"{name}: {r['steps']} steps{routed}, busy {r['busy']:.2f}; decode step vs "
-                     "alone: "
-                     f"KV landing {ratio(r['kv_landing_ratio'])}, another instance stepping "
+                     f"alone: KV landing {ratio(r['kv_landing_ratio'])}, another instance stepping "
                      f"{ratio(r['other_stepping_ratio'])}; idle between decode steps "
                      f"{r['idle_between_decode_steps_s']:.3f} s ({r['idle_gaps_over_1ms']} gaps "
                      f"> 1 ms)")

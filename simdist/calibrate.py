@@ -201,9 +201,9 @@ def decode_fit(real_ms: Sequence[float], sim_ms: Sequence[float],
         intercept = float(ym - slope * xm)
         # NOTE: the intercept may cut into the profile's own fixed part (`fixed_ms`, which the
         # slope scales) while keep_fixed of it is left
-        if slope >= MIN_SCALE and intercept >= -(1.0 - keep_fixed) * slope * fixed_ms:
-            scale, step, identified = slope, intercept, True
         floor = -(1.0 - keep_fixed) * max(slope, 0.0) * fixed_ms
+        if slope >= MIN_SCALE and intercept >= floor:
+            scale, step, identified = slope, intercept, True
         note = "fit" if identified else (f"fit rejected (scale {slope:.2f} < {MIN_SCALE} or "
                                          f"step {intercept:.2f} ms < {floor:.2f}): step_ms = 0")
     else:

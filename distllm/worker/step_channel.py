@@ -101,7 +101,7 @@ class StepServer:
                 except (EOFError, OSError):  # the driver closed the channel
                     trace.flush()
                     return
-                received = time.monotonic()
+                received = time.monotonic() if trace.enabled else 0.0
                 try:
                     reply = pickle.dumps(("ok", self._execute(pickle.loads(payload))),
                                          protocol=PICKLE_PROTOCOL)
@@ -109,7 +109,8 @@ class StepServer:
                     logger.exception("step failed")
                     reply = pickle.dumps(("error", f"{type(e).__name__}: {e}"),
                                          protocol=PICKLE_PROTOCOL)
-                trace.event("step", self.label, self.num_steps, received, time.monotonic())
+                if trace.enabled:
+                    trace.event("step", self.label, self.num_steps, received, time.monotonic())
                 self.num_steps += 1
                 try:
                     conn.send_bytes(reply)
